@@ -1,0 +1,24 @@
+"""tts-awq: AWQ INT4 packages of LLM-based TTS talkers (Qwen3-TTS) that still speak, with proof."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_quantized"]
+
+
+def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, cached_dequant: bool = False) -> Any:
+    """Load a tts-awq INT4 package as a working ``qwen_tts.Qwen3TTSModel``.
+
+    Example::
+
+        import tts_awq
+        tts = tts_awq.load_quantized("out_dir", device="cuda", dtype="bfloat16")
+        wavs, sr = tts.generate_voice_clone(text="Hello.", language="English",
+                                            ref_audio="voice.wav", x_vector_only_mode=True)
+    """
+    from tts_awq.loading import load_quantized as _load
+
+    return _load(path, device=device, dtype=dtype, cached_dequant=cached_dequant)

@@ -1,0 +1,76 @@
+"""File walking, hashing and JSON helpers shared by every stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from tts_awq.errors import UserError
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def list_files(root: Path) -> list[str]:
+    """Every regular file under ``root`` as a sorted list of POSIX relative paths (hidden cache dirs skipped)."""
+    root = Path(root)
+    found = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(part in {".cache", ".git", "__pycache__"} for part in rel.parts):
+            continue
+        if path.is_file():
+            found.append(rel.as_posix())
+    return sorted(found)
+
+
+def hash_tree(root: Path, files: Iterable[str] | None = None) -> dict[str, str]:
+    """sha256 of each file (relative path -> hex digest)."""
+    root = Path(root)
+    return {rel: sha256_file(root / rel) for rel in (sorted(files) if files is not None else list_files(root))}
+
+
+def copy_tree(src: Path, dst: Path, skip: Callable[[str], bool] = lambda rel: False) -> list[str]:
+    """Copy every file of ``src`` into ``dst`` byte for byte, except those ``skip(rel)`` rejects."""
+    copied = []
+    for rel in list_files(src):
+        if skip(rel):
+            continue
+        target = Path(dst) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(src) / rel, target)
+        copied.append(rel)
+    return copied
+
+
+def read_json(path: Path, what: str = "file") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found; point the command at a checkpoint directory that has it")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.__class__.__name__}: {exc}); restore the original file") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object at the top level; restore the original file")
+    return data
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Deterministic JSON (sorted keys are NOT forced, so edited configs keep their key order)."""
+    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

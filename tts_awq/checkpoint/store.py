@@ -1,0 +1,138 @@
+"""Lazy, validated access to the tensors of a checkpoint directory (single file or sharded with an index)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from tts_awq.errors import UserError
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+DTYPE_FROM_SAFETENSORS = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+SAFETENSORS_FROM_DTYPE = {v: k for k, v in DTYPE_FROM_SAFETENSORS.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    file: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPE_FROM_SAFETENSORS[self.dtype]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and validate a safetensors header; a truncated or corrupt file raises a one-line UserError."""
+    fix = "re-download or re-create it"
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise UserError(f"{path}: truncated safetensors file (no header); {fix}")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(size - 8, 100 << 20):
+            raise UserError(f"{path}: corrupt or truncated safetensors header; {fix}")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: corrupt safetensors header; {fix}") from exc
+    metadata = header.pop("__metadata__", None) or {}
+    infos: dict[str, TensorInfo] = {}
+    data_end = 0
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        data_end = max(data_end, end)
+        infos[name] = TensorInfo(name=name, file=path.name, dtype=entry["dtype"], shape=tuple(entry["shape"]))
+    if 8 + header_len + data_end != size:
+        raise UserError(
+            f"{path}: truncated or padded safetensors file ({size} bytes, header expects {8 + header_len + data_end}); {fix}"
+        )
+    return infos, metadata
+
+
+class TensorStore:
+    """The weights of one checkpoint directory, read a tensor at a time straight from the safetensors files."""
+
+    def __init__(self, root: Path, weights_name: str = WEIGHTS_NAME) -> None:
+        self.root = Path(root)
+        self._infos: dict[str, TensorInfo] = {}
+        self.metadata: dict[str, dict[str, str]] = {}
+        index = self.root / weights_name.replace(".safetensors", ".safetensors.index.json")
+        single = self.root / weights_name
+        if single.is_file():
+            files = [single.name]
+        elif index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise UserError(f"{index}: not a valid safetensors index (needs 'weight_map'); restore it") from exc
+            files = sorted(set(weight_map.values()))
+        else:
+            raise UserError(f"{single}: no {weights_name} (or sharded index) in the checkpoint; point at a full checkpoint")
+        for rel in files:
+            path = self.root / rel
+            if not path.is_file():
+                raise UserError(f"{path}: shard listed in the index is missing; re-download the checkpoint")
+            infos, meta = read_safetensors_header(path)
+            self.metadata[rel] = meta
+            for name, info in infos.items():
+                self._infos[name] = TensorInfo(name=name, file=rel, dtype=info.dtype, shape=info.shape)
+        self.files = files
+        self._handles: dict[str, object] = {}
+
+    def keys(self) -> list[str]:
+        return sorted(self._infos)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._infos
+
+    def info(self, name: str) -> TensorInfo:
+        return self._infos[name]
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return dict(self._infos)
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._infos:
+            raise KeyError(f"{name} not in {self.root}")
+        rel = self._infos[name].file
+        handle = self._handles.get(rel)
+        if handle is None:
+            handle = safe_open(str(self.root / rel), framework="pt", device="cpu")
+            self._handles[rel] = handle
+        return handle.get_tensor(name)  # type: ignore[attr-defined]
+
+    def get_prefix(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Every tensor whose name starts with ``prefix``, keyed by the rest of the name."""
+        return {name[len(prefix) :]: self.get(name) for name in self.keys() if name.startswith(prefix)}
+
+    def close(self) -> None:
+        self._handles.clear()

@@ -1,0 +1,110 @@
+"""provenance.json: what made a directory, from which inputs (with sha256), with which parameters.
+
+Every stage (blend, repack, merge, quantize-talker, validate-awq) writes one through :class:`Provenance`, and a
+parent's provenance is embedded when the source has one, so the chain Darwin blend -> INT4 package is traceable.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tts_awq import __version__
+from tts_awq.checkpoint.files import hash_tree, list_files, write_json
+
+PROVENANCE_NAME = "provenance.json"
+_LIBRARIES = ("torch", "transformers", "qwen-tts", "safetensors", "huggingface_hub", "datasets", "numpy", "accelerate")
+
+
+def git_commit() -> str | None:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def read_provenance(directory: Path) -> dict[str, Any] | None:
+    path = Path(directory) / PROVENANCE_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {"unreadable": str(path)}
+
+
+def describe_input(role: str, source: Any, root: Path) -> dict[str, Any]:
+    """An input directory: its spec/revision, sha256 of every file, and its own provenance if it has one."""
+    files = [rel for rel in list_files(root) if rel != PROVENANCE_NAME]
+    entry: dict[str, Any] = {"role": role}
+    entry.update(source.describe() if hasattr(source, "describe") else {"spec": str(source), "path": str(root)})
+    entry["files_sha256"] = hash_tree(root, files)
+    parent = read_provenance(root)
+    if parent is not None:
+        entry["provenance"] = parent
+    return entry
+
+
+@dataclass
+class Provenance:
+    stage: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, name: str):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings_s[name] = round(self.timings_s.get(name, 0.0) + time.perf_counter() - start, 3)
+
+    def add_input(self, role: str, source: Any, root: Path) -> None:
+        self.inputs.append(describe_input(role, source, root))
+
+    def to_dict(self, out_dir: Path, device: str | None = None) -> dict[str, Any]:
+        outputs = hash_tree(out_dir, [rel for rel in list_files(out_dir) if rel != PROVENANCE_NAME])
+        return {
+            "tool": {"name": "tts-awq", "version": __version__, "git_commit": git_commit()},
+            "stage": self.stage,
+            "created_unix": int(time.time()),
+            "parameters": self.parameters,
+            "inputs": self.inputs,
+            **self.extra,
+            "libraries": library_versions(),
+            "device": device,
+            "timings_s": self.timings_s,
+            "outputs_sha256": outputs,
+        }
+
+    def write(self, out_dir: Path, device: str | None = None) -> dict[str, Any]:
+        data = self.to_dict(out_dir, device)
+        write_json(Path(out_dir) / PROVENANCE_NAME, data)
+        return data
