@@ -1,0 +1,173 @@
+"""Layer-by-layer AWQ over a decoder stack, streaming one layer from the safetensors files at a time.
+
+Per layer (AutoAWQ's order): capture each Linear's input on the full-precision layer (whose output becomes the
+next layer's input), search every scale group on the unmodified layer, fold the scales into the previous
+norm/Linear, search clipping on the scaled inputs, then quantize and pack.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from tts_awq.checkpoint.layout import DECODER_LINEARS, DecoderSpec
+from tts_awq.checkpoint.store import TensorStore
+from tts_awq.quantize.decoder import Activations, DecoderRunner
+from tts_awq.quantize.int4 import check_group_size, quantize
+from tts_awq.quantize.pack import pack_gemm
+from tts_awq.quantize.scale_groups import CAPTURED_INPUTS, LINEAR_INPUT, NO_CLIP, groups_for
+from tts_awq.quantize.search import apply_clip, search_clip, search_scales
+
+METHODS = ("awq", "rtn")
+
+
+@dataclass(frozen=True)
+class AwqOptions:
+    bits: int = 4
+    group_size: int = 128
+    method: str = "awq"  # "awq" or "rtn" (round-to-nearest baseline, no search)
+    duo_scaling: bool = True
+    clip: bool = True
+    n_grid: int = 20
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class LayerResult:
+    index: int
+    tensors: dict[str, torch.Tensor]  # output tensors, names relative to the layer prefix
+    stats: dict[str, object] = field(default_factory=dict)
+
+
+def packed_names(linear: str) -> tuple[str, str, str]:
+    return f"{linear}.qweight", f"{linear}.qzeros", f"{linear}.scales"
+
+
+def check_layer_shapes(store: TensorStore, spec: DecoderSpec, group_size: int) -> None:
+    for index in range(spec.num_layers):
+        for linear in spec.linear_names(index):
+            info = store.info(f"{linear}.weight")
+            check_group_size(info.shape[1], group_size, where=f"{store.root}: {linear}")
+
+
+def _capture_inputs(runner: DecoderRunner, layer: nn.Module, xs: Activations) -> tuple[dict[str, Activations], Activations]:
+    captured: dict[str, Activations] = {name: [] for name in CAPTURED_INPUTS}
+    handles = []
+    for name in CAPTURED_INPUTS:
+        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
+            captured[name].append(args[0][0].detach().clone())  # clone: q/k/v share one tensor
+
+        handles.append(layer.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        outputs = runner.run_layer(layer, xs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured, outputs
+
+
+def _forward_with(runner: DecoderRunner, layer: nn.Module, group_linears: tuple[str, ...], inspect: str,
+                  attention: bool, xs: Activations):  # type: ignore[no-untyped-def]
+    modules = [layer.get_submodule(name) for name in group_linears]
+    target = layer.get_submodule(inspect)
+
+    def run(weights: list[torch.Tensor]) -> Activations:
+        originals = [m.weight.data for m in modules]
+        try:
+            for module, weight in zip(modules, weights, strict=True):
+                module.weight.data = weight  # rebinding, never an in-place write into the original tensor
+            return runner.run_module(target, xs, attention)
+        finally:
+            for module, original in zip(modules, originals, strict=True):
+                module.weight.data = original
+
+    return run
+
+
+@torch.no_grad()
+def quantize_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, options: AwqOptions
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, object], Activations]:
+    """Returns (final float weights per Linear + changed norms, stats, next layer's input)."""
+    start = time.perf_counter()
+    inputs, next_xs = _capture_inputs(runner, layer, xs)
+    stats: dict[str, object] = {}
+    if options.method == "awq":
+        searched = []
+        for group in groups_for(layer):
+            weights = [layer.get_submodule(n).weight.data for n in group.linears]
+            forward = _forward_with(runner, layer, group.linears, group.inspect, group.attention,
+                                    inputs[LINEAR_INPUT[group.input_of]])
+            result = search_scales(weights, inputs[LINEAR_INPUT[group.input_of]], forward, options.bits,
+                                   options.group_size, options.duo_scaling, options.n_grid)
+            searched.append((group, result))
+            stats[f"scale.{group.prev}"] = {"ratio": result.ratio, "loss": result.loss,
+                                            "loss_rtn": result.loss_identity}
+        for group, result in searched:  # apply after every group was searched on the unmodified layer
+            s = result.scales.to(runner.device)
+            prev = layer.get_submodule(group.prev)
+            if isinstance(prev, nn.Linear):
+                prev.weight.data = prev.weight.data / s[:, None]
+                if prev.bias is not None:
+                    prev.bias.data = prev.bias.data / s
+            else:
+                prev.weight.data = prev.weight.data / s
+            for name in group.linears:
+                module = layer.get_submodule(name)
+                module.weight.data = module.weight.data * s[None, :]
+            key = LINEAR_INPUT[group.input_of]
+            inputs[key] = [x / s for x in inputs[key]]
+        if options.clip:
+            for name in DECODER_LINEARS:
+                if name in NO_CLIP:
+                    continue
+                module = layer.get_submodule(name)
+                max_val = search_clip(module.weight.data, inputs[LINEAR_INPUT[name]], options.bits,
+                                      options.group_size, options.n_grid)
+                clipped = apply_clip(module.weight.data, max_val)
+                stats[f"clip.{name}"] = float((clipped != module.weight.data).float().mean())
+                module.weight.data = clipped
+    stats["seconds"] = round(time.perf_counter() - start, 3)
+    weights = {name: t for name, t in layer.state_dict().items()}
+    return weights, stats, next_xs
+
+
+def pack_layer(weights: dict[str, torch.Tensor], source_dtypes: dict[str, torch.dtype], options: AwqOptions
+               ) -> dict[str, torch.Tensor]:
+    """Linear weights -> AWQ GEMM triples; every other tensor back in its source dtype."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in weights.items():
+        linear = name.removesuffix(".weight")
+        if linear in DECODER_LINEARS:
+            qw = quantize(tensor.float().cpu(), options.bits, options.group_size)
+            qweight, qzeros = pack_gemm(qw.q, qw.zeros)
+            n_qweight, n_qzeros, n_scales = packed_names(linear)
+            out[n_qweight], out[n_qzeros], out[n_scales] = qweight, qzeros, qw.scales.t().contiguous()
+        else:
+            out[name] = tensor.detach().cpu().to(source_dtypes[name])
+    return out
+
+
+def run_awq(store: TensorStore, spec: DecoderSpec, xs: Activations, options: AwqOptions,
+            device: torch.device | str = "cpu", progress: bool = True) -> Iterator[LayerResult]:
+    """Quantize every decoder layer in order; yields each layer's output tensors as soon as it is done."""
+    from tqdm.auto import tqdm
+
+    runner = DecoderRunner(spec, device)
+    xs = [x.to(runner.device, torch.float32) for x in xs]
+    bar = tqdm(range(spec.num_layers), desc=f"{options.method.upper()} layers", disable=not progress, unit="layer")
+    for index in bar:
+        prefix = f"{spec.layer_prefix}{index}."
+        names = [n for n in store.keys() if n.startswith(prefix)]
+        tensors = {n[len(prefix):]: store.get(n) for n in names}
+        dtypes = {rel: t.dtype for rel, t in tensors.items()}
+        layer = runner.build_layer(tensors, index)
+        del tensors
+        weights, stats, xs = quantize_layer(runner, layer, xs, options)
+        del layer
+        yield LayerResult(index=index, tensors=pack_layer(weights, dtypes, options), stats=stats)

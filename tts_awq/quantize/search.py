@@ -1,0 +1,130 @@
+"""AWQ searches as small functions over tensors: activation-aware scales and weight clipping.
+
+Both are evaluated on cloned weights only; no live tensor is ever modified during a search, so the AutoAWQ CPU
+aliasing bug (a ``.cpu()`` "backup" that shares storage) cannot happen here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from tts_awq.quantize.int4 import fake_quantize
+
+N_GRID = 20
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    scales: torch.Tensor  # [in_features], float32
+    ratio: float
+    loss: float
+    loss_identity: float  # loss with scales == 1 (plain RTN of the group)
+
+
+def channel_mean_abs(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Mean |x| per input channel over every token of every sequence."""
+    total = sum(x.abs().sum(0, dtype=torch.float64) for x in xs)
+    count = sum(x.shape[0] for x in xs)
+    return (total / count).float()
+
+
+def weight_mean_normalized(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
+    """Mean over rows of |w| normalized by its group's max: AWQ's ``w_mean`` for duo scaling."""
+    w = torch.cat([w.float() for w in weights], dim=0)
+    g = w.abs().reshape(-1, group_size)
+    g = g / g.amax(dim=1, keepdim=True).clamp(min=1e-12)
+    return g.reshape(w.shape).mean(0)
+
+
+def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, ratio: float) -> torch.Tensor:
+    if w_mean is not None:
+        s = x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)
+    else:
+        s = x_mean.pow(ratio)
+    s = s.clamp(min=1e-4)
+    return s / (s.max() * s.min()).sqrt()
+
+
+def search_scales(
+    weights: list[torch.Tensor],
+    xs: list[torch.Tensor],
+    forward_with: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+    bits: int,
+    group_size: int,
+    duo_scaling: bool = True,
+    n_grid: int = N_GRID,
+) -> ScaleResult:
+    """Grid-search the scale exponent for one group.
+
+    ``forward_with(ws)`` runs the inspected module with the group's Linear weights replaced by ``ws`` and returns
+    its outputs per sequence; the loss is the MSE against the unmodified module's outputs.
+    """
+    reference = forward_with([w.float() for w in weights])
+    x_mean = channel_mean_abs(xs)
+    w_mean = weight_mean_normalized(weights, group_size) if duo_scaling else None
+    n_elements = sum(r.numel() for r in reference)
+
+    def loss_for(scales: torch.Tensor) -> float:
+        trial = [fake_quantize(w.float() * scales, bits, group_size) / scales for w in weights]
+        outs = forward_with(trial)
+        err = sum(((o - r).double().pow(2).sum()) for o, r in zip(outs, reference, strict=True))
+        return float(err / n_elements)
+
+    best: ScaleResult | None = None
+    for step in range(n_grid):
+        ratio = step / n_grid
+        scales = candidate_scales(x_mean, w_mean, ratio)
+        loss = loss_for(scales)
+        if best is None or loss < best.loss:
+            best = ScaleResult(scales=scales, ratio=ratio, loss=loss, loss_identity=0.0)
+    assert best is not None
+    identity = loss_for(torch.ones_like(x_mean))
+    return ScaleResult(best.scales, best.ratio, best.loss, identity)
+
+
+def search_clip(
+    weight: torch.Tensor,
+    xs: list[torch.Tensor],
+    bits: int,
+    group_size: int,
+    n_grid: int = N_GRID,
+    max_shrink: float = 0.5,
+    n_sample_tokens: int = 512,
+    budget_bytes: int = 256 << 20,
+) -> torch.Tensor:
+    """Per output channel and group, the max |w| (shrunk by up to ``max_shrink``) minimizing the MSE of the
+    group's partial dot products on sampled tokens. Returns ``[out, in // group_size, 1]``."""
+    x = torch.cat(xs, dim=0).float()
+    step = max(1, x.shape[0] // n_sample_tokens)
+    x = x[::step]
+    n_tokens, in_features = x.shape
+    x = x.reshape(1, n_tokens, in_features // group_size, group_size)
+    w_all = weight.float().reshape(weight.shape[0], 1, in_features // group_size, group_size)
+    batch = max(1, min(w_all.shape[0], budget_bytes // max(1, n_tokens * in_features * 4)))
+    best_max = []
+    for start in range(0, w_all.shape[0], batch):
+        w = w_all[start : start + batch]
+        org_max = w.abs().amax(dim=-1, keepdim=True)
+        best = org_max.clone()
+        min_err = torch.full_like(org_max, float("inf"))
+        org_out = (x * w).sum(dim=-1)
+        for i in range(int(max_shrink * n_grid)):
+            max_val = org_max * (1 - i / n_grid)
+            clipped = torch.clamp(w, -max_val, max_val)
+            q = fake_quantize(clipped.reshape(-1, in_features), bits, group_size).reshape(w.shape)
+            err = ((x * q).sum(dim=-1) - org_out).pow(2).mean(dim=1).view(min_err.shape)
+            better = err < min_err
+            min_err[better] = err[better]
+            best[better] = max_val[better]
+        best_max.append(best)
+    return torch.cat(best_max, dim=0).squeeze(1)
+
+
+def apply_clip(weight: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
+    out_features, in_features = weight.shape
+    groups = max_val.shape[1]
+    w = weight.reshape(out_features, groups, -1)
+    return torch.clamp(w, -max_val, max_val).reshape(out_features, in_features)
