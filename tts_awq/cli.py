@@ -1,0 +1,193 @@
+"""Command line: ``tts-awq <command>``, plus ``quantize-talker`` and ``validate-awq`` as their own names.
+
+A thin layer over the library: parse, call one function, turn a UserError into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tts_awq import __version__
+from tts_awq.errors import UserError
+
+log = logging.getLogger("tts_awq")
+
+
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="Qwen3-TTS checkpoint directory or Hub repo id (or a Llama/Qwen2/Qwen3 causal LM)")
+    p.add_argument("out", type=Path, help="output package directory (written atomically)")
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--w-bit", type=int, default=4)
+    p.add_argument("--method", default="awq", choices=["awq", "rtn"], help="rtn = round-to-nearest baseline")
+    p.add_argument("--seed", type=int, default=1729)
+    p.add_argument("--seq-len", type=int, default=512, help="cap on each calibration sequence (talker rows)")
+    p.add_argument("--n-samples", type=int, default=128, help="number of calibration prompts")
+    p.add_argument("--calib", default=None, help="JSONL file or Hub dataset id (default: built-in calib_data)")
+    p.add_argument("--calib-batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--codec-from", default=None, metavar="BASE",
+                   help="copy a missing speech_tokenizer/ from this base checkpoint (architecture checked)")
+    p.add_argument("--revision", default=None, help="Hub revision of SRC")
+    p.add_argument("--max-shard-size", type=float, default=4.0, help="GiB per safetensors shard")
+    p.add_argument("--no-clip", action="store_true", help="skip the weight-clip search")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_run_quantize)
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
+
+    out = quantize_talker(QuantizeOptions(
+        src=args.src, out=args.out, group_size=args.group_size, w_bit=args.w_bit, method=args.method,
+        seed=args.seed, seq_len=args.seq_len, n_samples=args.n_samples, calib=args.calib,
+        calib_batch_size=args.calib_batch_size, device=args.device, overwrite=args.overwrite,
+        codec_from=args.codec_from, revision=args.revision, max_shard_bytes=int(args.max_shard_size * (1 << 30)),
+        clip=not args.no_clip,
+    ))
+    print(out)
+    return 0
+
+
+def _add_blend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tts", required=True, help="Qwen3-TTS checkpoint (dir or Hub id)")
+    p.add_argument("--llm", required=True, help="Qwen3 causal LM whose FFN is lerped in (dir or Hub id)")
+    p.add_argument("--alpha", type=float, nargs="+", required=True, help="one value, or several for a sweep")
+    p.add_argument("out", type=Path)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_run_blend)
+
+
+def _run_blend(args: argparse.Namespace) -> int:
+    from tts_awq.upstream.blend import blend_ffn, blend_sweep
+
+    if len(args.alpha) == 1:
+        print(blend_ffn(args.tts, args.llm, args.alpha[0], args.out, overwrite=args.overwrite))
+    else:
+        for path in blend_sweep(args.tts, args.llm, args.alpha, args.out, overwrite=args.overwrite):
+            print(path)
+    return 0
+
+
+def _add_repack(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="checkpoint lacking speech_tokenizer/ (dir or Hub id)")
+    p.add_argument("--codec-from", required=True, metavar="BASE", help="base checkpoint with the codec")
+    p.add_argument("out", type=Path)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_run_repack)
+
+
+def _run_repack(args: argparse.Namespace) -> int:
+    from tts_awq.upstream.repack import repack_codec
+
+    print(repack_codec(args.src, args.codec_from, args.out, overwrite=args.overwrite))
+    return 0
+
+
+def _model_weight(text: str) -> tuple[str, float]:
+    spec, sep, weight = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        return spec, float(weight)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--model {text}: expected PATH:WEIGHT, e.g. ./ft-a:0.6") from exc
+
+
+def _add_merge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="base checkpoint directory or .pth file")
+    p.add_argument("--model", action="append", required=True, type=_model_weight, metavar="PATH:WEIGHT")
+    p.add_argument("out", type=Path)
+    p.add_argument("--method", default="task_arithmetic")
+    p.add_argument("--density", type=float, default=0.5, help="kept fraction for ties / dare_linear")
+    p.add_argument("--seed", type=int, default=1729, help="DARE drop mask seed")
+    p.add_argument("--unmatched", default="error", help="error | drop | keep:NAME (NAME = base or a --model PATH)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from tts_awq.upstream.merge import merge_checkpoints
+
+    print(merge_checkpoints(args.base, args.model, args.out, method=args.method, density=args.density,
+                            seed=args.seed, unmatched=args.unmatched, overwrite=args.overwrite))
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
+    "quantize-talker": (_add_quantize, "quantize a TTS talker (or causal LM) to AWQ INT4"),
+    "blend": (_add_blend, "Darwin-style FFN blend of a Qwen3 LLM into a Qwen3-TTS talker"),
+    "repack": (_add_repack, "add a missing speech_tokenizer/ from a base checkpoint"),
+    "merge": (_add_merge, "task-arithmetic / TIES / DARE / linear merge of checkpoints"),
+}
+
+
+def _register_optional_commands() -> None:
+    try:
+        from tts_awq.validate.cli import add_validate
+
+        COMMANDS["validate-awq"] = (add_validate, "quality report with pass/fail gates")
+    except ImportError:
+        pass
+    try:
+        from tts_awq.publish.cli import add_push
+
+        COMMANDS["push"] = (add_push, "push a validated package to the Hugging Face Hub")
+    except ImportError:
+        pass
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    _register_optional_commands()
+    if only is not None:
+        add, help_text = COMMANDS[only]
+        parser = argparse.ArgumentParser(prog=only, description=help_text)
+        add(parser)
+        parser.add_argument("-v", "--verbose", action="store_true")
+        return parser
+    parser = argparse.ArgumentParser(prog="tts-awq", description="INT4 packages of LLM-based TTS that still speak")
+    parser.add_argument("--version", action="version", version=f"tts-awq {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add, help_text) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "accelerate", "sox", "datasets", "huggingface_hub", "urllib3", "numba"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return _run(build_parser(), argv)
+
+
+def quantize_talker_main(argv: Sequence[str] | None = None) -> int:
+    return _run(build_parser("quantize-talker"), argv)
+
+
+def validate_awq_main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    if "validate-awq" not in COMMANDS:
+        print("error: validate-awq is not available in this installation", file=sys.stderr)
+        return 2
+    return _run(build_parser("validate-awq"), argv) if parser else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Load a tts-awq package as a working ``qwen_tts.Qwen3TTSModel`` whose talker linears are INT4 modules.
+
+The model skeleton is built on the meta device (no dense talker weights are ever allocated), the talker's
+Linear layers are swapped for :class:`AwqInt4Linear`, then every tensor is loaded strictly from the package and
+the non-persistent RoPE buffers are recomputed and checked against ``1/theta^(2i/d)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from tts_awq.checkpoint import TensorStore, detect_layout, resolve_source
+from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
+from tts_awq.errors import UserError
+from tts_awq.quantize.linear import AwqInt4Linear
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def _dtype(dtype: Any, device: str) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise UserError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def swap_int4_linears(model: nn.Module, prefix: str, quantized: list[str], group_size: int,
+                      cached_dequant: bool) -> int:
+    """Replace each named Linear (names relative to ``model``, after stripping ``prefix``) with AwqInt4Linear."""
+    count = 0
+    for full_name in quantized:
+        name = full_name[len(prefix):] if prefix and full_name.startswith(prefix) else full_name
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        if not isinstance(old, nn.Linear):
+            raise TypeError(f"{full_name} is {type(old).__name__}, expected Linear")
+        new = AwqInt4Linear(old.in_features, old.out_features, group_size, bias=old.bias is not None,
+                            device="meta", cached_dequant=cached_dequant)
+        setattr(parent, child, new)
+        count += 1
+    return count
+
+
+def _reset_rope_buffers(model: nn.Module, device: str) -> int:
+    """Recompute every rotary ``inv_freq`` (non-persistent, so never in the checkpoint) and check it."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "rope_init_fn") and hasattr(module, "inv_freq"):
+            inv_freq, scaling = module.rope_init_fn(module.config, device)
+            module.inv_freq = inv_freq
+            module.original_inv_freq = inv_freq
+            module.attention_scaling = scaling
+            cfg = module.config
+            dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            expected = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+            if getattr(module, "rope_type", "default") == "default" and not torch.allclose(
+                inv_freq.float(), expected, rtol=1e-6
+            ):
+                raise RuntimeError(f"RoPE inv_freq of {type(module).__name__} does not match 1/theta^(2i/d)")
+            count += 1
+    return count
+
+
+def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, cached_dequant: bool = False) -> Any:
+    """Return a ``qwen_tts.Qwen3TTSModel`` for a tts-awq package directory (or Hub id)."""
+    from transformers import AutoProcessor
+
+    from tts_awq.qwen_tts_compat import qwen_tts_classes
+
+    source = resolve_source(path, what="package")
+    root = source.path
+    layout = detect_layout(root)
+    if layout.kind != TTS_KIND:
+        raise UserError(f"{root}: not a Qwen3-TTS package (model_type {layout.config.get('model_type')!r})")
+    qconfig = layout.config.get("quantization_config")
+    if not isinstance(qconfig, dict) or qconfig.get("quant_method") != "awq" or qconfig.get("version") != "gemm":
+        raise UserError(f"{root / 'config.json'}: no AWQ GEMM quantization_config; quantize it with quantize-talker")
+    layout.require_codec()
+    torch_dtype = _dtype(dtype, device)
+    classes = qwen_tts_classes()
+    config_dict = copy.deepcopy(layout.config)
+    config_dict.pop("quantization_config")
+    config = classes.Qwen3TTSConfig.from_dict(config_dict)
+    config._attn_implementation = "sdpa"
+    config.talker_config._attn_implementation = "sdpa"
+    config.talker_config.code_predictor_config._attn_implementation = "sdpa"
+    config.speaker_encoder_config._attn_implementation = "sdpa"
+
+    spec = layout.decoder
+    quantized = [n for i in range(spec.num_layers) for n in spec.linear_names(i)]
+    with torch.device("meta"):
+        model = classes.Qwen3TTSForConditionalGeneration(config)
+    swap_int4_linears(model, "", quantized, int(qconfig["group_size"]), cached_dequant)
+    store = TensorStore(root)
+    state = {name: store.get(name) for name in store.keys()}
+    expected = set(model.state_dict().keys())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise UserError(f"{root}: package tensors do not match the model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}); re-run quantize-talker")
+    for name, tensor in state.items():
+        if not (name.endswith((".qweight", ".qzeros", ".scales"))) and tensor.is_floating_point():
+            state[name] = tensor.to(torch_dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    del state
+    model.to(device)
+    _reset_rope_buffers(model, device)
+    model.eval()
+
+    speech_tokenizer = classes.Qwen3TTSTokenizer.from_pretrained(
+        str(root / CODEC_DIR), dtype=torch_dtype, device_map=device
+    )
+    model.load_speech_tokenizer(speech_tokenizer)
+    model.load_generate_config(json.loads((root / "generation_config.json").read_text(encoding="utf-8")))
+    processor = AutoProcessor.from_pretrained(str(root), fix_mistral_regex=True)
+    return classes.Qwen3TTSModel(model=model, processor=processor, generate_defaults=model.generate_config)

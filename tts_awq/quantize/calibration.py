@@ -1,0 +1,182 @@
+"""Calibration activations: what the decoder stack really sees.
+
+For a Qwen3-TTS checkpoint the talker is fed only ``inputs_embeds`` (text projection + summed codebook
+embeddings + the speaker x-vector), so we run the full-precision model in voice-clone mode with a fixed seed,
+let it generate its codec continuation, and capture every row that enters ``talker.model`` (prefill and each
+decode step). For a plain causal LM we embed tokenized prompt text.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tts_awq.checkpoint.layout import CODEC_DIR, Layout
+from tts_awq.checkpoint.store import TensorStore
+from tts_awq.errors import UserError
+from tts_awq.prompts import Prompt, VoiceClip, load_prompts, load_voice_clips, read_voice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Calibration:
+    sequences: list[torch.Tensor]  # [seq_len_i, hidden] float32 on CPU
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(int(x.shape[0]) for x in self.sequences)
+
+
+def load_tts_model(model_dir: Path, device: str, dtype: torch.dtype) -> Any:
+    from tts_awq.qwen_tts_compat import qwen_tts_classes
+
+    classes = qwen_tts_classes()
+    return classes.Qwen3TTSModel.from_pretrained(
+        str(model_dir), dtype=dtype, device_map=device, attn_implementation="sdpa"
+    )
+
+
+class _TalkerCapture:
+    """Hooks that record the rows entering ``talker.model`` for each batch item, until that item emits EOS."""
+
+    def __init__(self, talker: torch.nn.Module, eos_id: int, seq_len: int) -> None:
+        self.eos_id = eos_id
+        self.seq_len = seq_len
+        self.rows: list[list[torch.Tensor]] = []
+        self.done: list[bool] = []
+        self._handles = [
+            talker.register_forward_pre_hook(self._on_talker, with_kwargs=True),
+            talker.model.register_forward_pre_hook(self._on_model, with_kwargs=True),
+        ]
+
+    def _on_talker(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[1] > 1:
+            return  # prefill
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None and args:
+            input_ids = args[0]
+        if input_ids is None:
+            return
+        for b, code in enumerate(input_ids[:, 0].tolist()):
+            if code == self.eos_id and b < len(self.done):
+                self.done[b] = True
+
+    def _on_model(self, _module: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            return
+        mask = kwargs.get("attention_mask")
+        batch, length, _ = embeds.shape
+        if length > 1:  # prefill: a new batch starts
+            self.rows = [[] for _ in range(batch)]
+            self.done = [False] * batch
+        for b in range(batch):
+            if self.done[b]:
+                continue
+            x = embeds[b]
+            if mask is not None:
+                x = x[mask[b, -length:].bool()]
+            self.rows[b].append(x.detach().float().cpu())
+
+    def sequences(self) -> list[torch.Tensor]:
+        return [torch.cat(rows)[: self.seq_len] for rows in self.rows if rows]
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _language(prompt: Prompt, supported: set[str]) -> str:
+    lang = prompt.lang.lower()
+    return lang if lang in supported else "auto"
+
+
+def capture_tts(model_dir: Path, prompts: list[Prompt], voices: list[VoiceClip], seed: int, seq_len: int,
+                device: str, dtype: torch.dtype, batch_size: int = 8, progress: bool = True) -> list[torch.Tensor]:
+    """Voice-clone generation on every prompt (x-vector and ICL modes alternate); returns talker input rows."""
+    from tqdm.auto import tqdm
+
+    tts = load_tts_model(model_dir, device, dtype)
+    talker = tts.model.talker
+    eos = int(tts.model.config.talker_config.codec_eos_token_id)
+    supported = {s.lower() for s in tts.model.get_supported_languages()}
+    audio = [read_voice(v) for v in voices]
+    capture = _TalkerCapture(talker, eos, seq_len)
+    sequences: list[torch.Tensor] = []
+    try:
+        starts = range(0, len(prompts), batch_size)
+        for batch_index, start in enumerate(tqdm(starts, desc="calibration (TTS generate)", disable=not progress)):
+            batch = prompts[start : start + batch_size]
+            voice_ids = [(start + i) % len(voices) for i in range(len(batch))]
+            icl = (batch_index % 2) == 1  # alternate x-vector-only and ICL batches
+            torch.manual_seed(seed + batch_index)
+            tts.generate_voice_clone(
+                text=[p.text for p in batch],
+                language=[_language(p, supported) for p in batch],
+                ref_audio=[audio[v] for v in voice_ids],
+                ref_text=[voices[v].ref_text for v in voice_ids] if icl else None,
+                x_vector_only_mode=[not icl] * len(batch),
+                max_new_tokens=seq_len,
+            )
+            sequences.extend(capture.sequences())
+    finally:
+        capture.close()
+    del tts
+    return sequences
+
+
+def capture_causal_lm(model_dir: Path, store: TensorStore, embed_key: str, prompts: list[Prompt],
+                      seq_len: int, n_samples: int) -> list[torch.Tensor]:
+    """Tokenize the prompt texts as one stream, cut it into ``seq_len`` blocks and embed them."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{model_dir}: no usable tokenizer for text calibration; add tokenizer files") from exc
+    ids: list[int] = []
+    for prompt in prompts:
+        ids.extend(tokenizer(prompt.text + "\n\n", add_special_tokens=False)["input_ids"])
+    embed = store.get(embed_key).float()
+    ids_t = torch.tensor(ids, dtype=torch.long).clamp(max=embed.shape[0] - 1)
+    blocks = [ids_t[i : i + seq_len] for i in range(0, len(ids_t), seq_len)]
+    blocks = [b for b in blocks if len(b) >= min(seq_len, 16)][:n_samples] or [ids_t[:seq_len]]
+    return [embed[b] for b in blocks]
+
+
+def build_calibration(layout: Layout, model_dir: Path, store: TensorStore, source: str | None, seed: int,
+                      seq_len: int, n_samples: int, device: str, batch_size: int = 8,
+                      split: str = "calib", progress: bool = True) -> Calibration:
+    prompts, sha = load_prompts(source, split=split)
+    prompts = prompts[:n_samples]
+    info: dict[str, Any] = {
+        "name": str(source) if source else f"builtin:calib_data/{split}.jsonl",
+        "sha256": sha,
+        "n_prompts": len(prompts),
+        "seq_len": seq_len,
+        "seed": seed,
+    }
+    if layout.kind == "qwen3_tts":
+        if not (model_dir / CODEC_DIR).is_dir():
+            layout.require_codec()
+        voices = load_voice_clips()
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        seqs = capture_tts(model_dir, prompts, voices, seed, seq_len, device, dtype, batch_size, progress)
+        info.update({"mode": "qwen3-tts voice clone (x-vector / ICL alternating), talker inputs_embeds",
+                     "voices": [v.name for v in voices], "model_dtype": str(dtype).removeprefix("torch.")})
+    else:
+        seqs = capture_causal_lm(model_dir, store, layout.decoder.embed or "", prompts, seq_len, n_samples)
+        info["mode"] = "causal LM, tokenized prompt text embedded with the checkpoint's embed_tokens"
+    if not seqs:
+        raise UserError(f"{info['name']}: calibration produced no sequences; check the prompts file")
+    info["n_samples"] = len(seqs)
+    info["n_tokens"] = sum(int(x.shape[0]) for x in seqs)
+    info["lengths"] = [int(x.shape[0]) for x in seqs]
+    return Calibration(seqs, info)

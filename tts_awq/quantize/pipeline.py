@@ -1,0 +1,155 @@
+"""``quantize-talker``: SRC checkpoint -> calibrated AWQ INT4 package directory with provenance."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tts_awq.checkpoint import TensorStore, atomic_output_dir, detect_layout, resolve_source
+from tts_awq.checkpoint.files import list_files
+from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
+from tts_awq.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
+from tts_awq.errors import UserError
+from tts_awq.provenance import Provenance
+from tts_awq.quantize.calibration import build_calibration
+from tts_awq.quantize.engine import METHODS, AwqOptions, check_layer_shapes, run_awq
+from tts_awq.quantize.reassemble import PackageWriter, module_census
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    src: str
+    out: Path
+    group_size: int = 128
+    w_bit: int = 4
+    method: str = "awq"
+    seed: int = 1729
+    seq_len: int = 512
+    n_samples: int = 128
+    calib: str | None = None
+    calib_batch_size: int = 8
+    device: str = "auto"
+    overwrite: bool = False
+    codec_from: str | None = None
+    revision: str | None = None
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    duo_scaling: bool = True
+    clip: bool = True
+    progress: bool = True
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"--device {device}: expected auto, cpu or cuda[:N]")
+    return device
+
+
+def _validate(options: QuantizeOptions) -> None:
+    if options.w_bit != 4:
+        raise UserError(f"--w-bit {options.w_bit}: the AWQ GEMM format stores 4-bit weights only; use --w-bit 4")
+    if options.method not in METHODS:
+        raise UserError(f"--method {options.method}: expected one of {', '.join(METHODS)}")
+    for name in ("seq_len", "n_samples", "calib_batch_size"):
+        if getattr(options, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+
+
+@contextmanager
+def _model_dir_with_codec(src: Path, codec_dir: Path | None) -> Iterator[Path]:
+    """SRC itself, or a temp dir of symlinks to SRC plus a codec taken from elsewhere (SRC is never modified)."""
+    if codec_dir is None:
+        yield src
+        return
+    with tempfile.TemporaryDirectory(prefix="tts-awq-stage-") as stage:
+        stage_path = Path(stage)
+        for rel in os.listdir(src):
+            if rel != CODEC_DIR:
+                os.symlink(src / rel, stage_path / rel)
+        os.symlink(codec_dir, stage_path / CODEC_DIR)
+        yield stage_path
+
+
+def quantize_talker(options: QuantizeOptions) -> Path:
+    """Quantize SRC's talker decoder layers (or a causal LM's layers) to AWQ INT4 and write OUT atomically.
+
+    Example::
+
+        from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
+        quantize_talker(QuantizeOptions(src="FINAL-Bench/Darwin-TTS-1.7B-Cross", out=Path("darwin-awq")))
+    """
+    _validate(options)
+    device = resolve_device(options.device)
+    prov = Provenance(stage="quantize-talker")
+    with prov.timed("resolve"):
+        source = resolve_source(options.src, options.revision)
+        layout = detect_layout(source.path)
+        base = resolve_source(options.codec_from, what="--codec-from") if options.codec_from else None
+        if layout.kind == TTS_KIND and not layout.has_codec and base is None:
+            layout.require_codec()
+        store = TensorStore(source.path)
+        missing = [f"{n}.weight" for i in range(layout.decoder.num_layers) for n in layout.decoder.linear_names(i)
+                   if f"{n}.weight" not in store]
+        if missing:
+            raise UserError(f"{store.root}: weights lack {missing[0]} (and {len(missing) - 1} more); not a full checkpoint")
+        check_layer_shapes(store, layout.decoder, options.group_size)
+    awq = AwqOptions(bits=options.w_bit, group_size=options.group_size, method=options.method,
+                     duo_scaling=options.duo_scaling, clip=options.clip)
+    sources = (source.path,) + ((base.path,) if base else ())
+    with atomic_output_dir(options.out, options.overwrite, sources=sources) as tmp:
+        package = PackageWriter(tmp, store, layout, awq, options.max_shard_bytes)
+        codec_files: list[str] = []
+        if base is not None and not layout.has_codec:
+            from tts_awq.upstream.repack import copy_codec_into
+
+            codec_files = copy_codec_into(tmp, base.path)
+        with prov.timed("calibration"), _model_dir_with_codec(
+            source.path, tmp / CODEC_DIR if codec_files else None
+        ) as model_dir:
+            calibration = build_calibration(layout, model_dir, store, options.calib, options.seed, options.seq_len,
+                                            options.n_samples, device, options.calib_batch_size,
+                                            progress=options.progress)
+        log.info("calibration: %d sequences, %d tokens", len(calibration.sequences), calibration.n_tokens)
+        layer_stats: list[dict[str, Any]] = []
+        with prov.timed("write_kept_tensors"):
+            package.write_kept_tensors()
+        with prov.timed("quantize_layers"):
+            for result in run_awq(store, layout.decoder, calibration.sequences, awq, device, options.progress):
+                package.write_layer(result)
+                layer_stats.append({"layer": result.index, **result.stats})
+        with prov.timed("finish"):
+            weight_files = package.finish()
+        prov.parameters = {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "progress"},
+            "awq": awq.to_dict(),
+            "zero_point": True,
+            "version": "gemm",
+        }
+        prov.add_input("source", source, source.path)
+        if base is not None:
+            prov.add_input("codec_from", base, base.path)
+        prov.extra = {
+            "layout": {"kind": layout.kind, "decoder": layout.decoder.model_type,
+                       "num_layers": layout.decoder.num_layers, "layer_prefix": layout.decoder.layer_prefix},
+            "calibration": calibration.info,
+            "modules": module_census(layout, package.kept),
+            "files": {"copied_verbatim": package.copied, "codec_from_base": codec_files,
+                      "weights_written": weight_files},
+            "layer_stats": layer_stats,
+        }
+        prov.write(tmp, device=device if device == "cpu" else torch.cuda.get_device_name(device))
+        log.info("wrote %d files", len(list_files(tmp)))
+    return Path(options.out)

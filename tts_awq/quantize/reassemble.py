@@ -1,0 +1,109 @@
+"""Write the INT4 package: original files verbatim, talker linears as AWQ GEMM, config.json edited as JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tts_awq.checkpoint.files import copy_tree
+from tts_awq.checkpoint.layout import DECODER_LINEARS, Layout
+from tts_awq.checkpoint.store import INDEX_NAME, WEIGHTS_NAME, TensorStore
+from tts_awq.checkpoint.writer import ShardedWriter
+from tts_awq.provenance import PROVENANCE_NAME
+from tts_awq.quantize.engine import AwqOptions, LayerResult, packed_names
+
+WEIGHT_FILES = (WEIGHTS_NAME, INDEX_NAME)
+
+
+def is_weight_file(rel: str, store: TensorStore) -> bool:
+    return rel in store.files or rel in WEIGHT_FILES or rel == PROVENANCE_NAME
+
+
+def quantized_linear_names(layout: Layout) -> list[str]:
+    spec = layout.decoder
+    return [name for index in range(spec.num_layers) for name in spec.linear_names(index)]
+
+
+def output_plan(store: TensorStore, layout: Layout, group_size: int) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """Every output tensor's dtype and shape, known before any layer is quantized."""
+    quantized = set(quantized_linear_names(layout))
+    plan: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    for name, info in store.infos().items():
+        linear = name.removesuffix(".weight")
+        if linear in quantized and name.endswith(".weight"):
+            out_features, in_features = info.shape
+            n_qweight, n_qzeros, n_scales = packed_names(linear)
+            groups = in_features // group_size
+            plan[n_qweight] = (torch.int32, (in_features, out_features // 8))
+            plan[n_qzeros] = (torch.int32, (groups, out_features // 8))
+            plan[n_scales] = (torch.float16, (groups, out_features))
+        else:
+            plan[name] = (info.torch_dtype, info.shape)
+    return plan
+
+
+def quantization_config(layout: Layout, options: AwqOptions) -> dict[str, Any]:
+    return {
+        "quant_method": "awq",
+        "bits": options.bits,
+        "group_size": options.group_size,
+        "zero_point": True,
+        "version": "gemm",
+        "modules_to_not_convert": layout.modules_to_not_convert,
+    }
+
+
+def edit_config(path: Path, layout: Layout, options: AwqOptions) -> None:
+    """Add ``quantization_config`` by editing the JSON (never regenerated: keeps transformers_version etc.)."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["quantization_config"] = quantization_config(layout, options)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class PackageWriter:
+    """Streams a package: verbatim files first, then kept tensors, then each quantized layer as it arrives."""
+
+    def __init__(self, out: Path, store: TensorStore, layout: Layout, options: AwqOptions,
+                 max_shard_bytes: int) -> None:
+        self.out = out
+        self.store = store
+        self.layout = layout
+        self.options = options
+        self.copied = copy_tree(layout.root, out, skip=lambda rel: is_weight_file(rel, store))
+        self.plan = output_plan(store, layout, options.group_size)
+        self.writer = ShardedWriter(out, self.plan, metadata={"format": "pt"}, max_shard_bytes=max_shard_bytes)
+        self.kept: list[str] = []
+
+    def write_kept_tensors(self) -> None:
+        prefix = self.layout.decoder.layer_prefix
+        for name in self.store.keys():
+            if not name.startswith(prefix):
+                self.writer.write(name, self.store.get(name))
+                self.kept.append(name)
+
+    def write_layer(self, result: LayerResult) -> None:
+        prefix = f"{self.layout.decoder.layer_prefix}{result.index}."
+        for rel, tensor in result.tensors.items():
+            self.writer.write(prefix + rel, tensor)
+
+    def finish(self) -> list[str]:
+        files = self.writer.close()
+        edit_config(self.out / "config.json", self.layout, self.options)
+        return files
+
+
+def module_census(layout: Layout, kept_tensors: Iterable[str]) -> dict[str, Any]:
+    quantized = quantized_linear_names(layout)
+    kept_modules = sorted({name.rsplit(".", 1)[0] for name in kept_tensors})
+    return {
+        "quantized_modules": quantized,
+        "quantized_count": len(quantized),
+        "quantized_per_layer": list(DECODER_LINEARS),
+        "kept_modules": kept_modules,
+        "kept_count": len(kept_modules),
+        "modules_to_not_convert": layout.modules_to_not_convert,
+    }
