@@ -101,8 +101,11 @@ def _add_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="base checkpoint directory or .pth file")
     p.add_argument("--model", action="append", required=True, type=_model_weight, metavar="PATH:WEIGHT")
     p.add_argument("out", type=Path)
-    p.add_argument("--method", default="task_arithmetic")
-    p.add_argument("--density", type=float, default=0.5, help="kept fraction for ties / dare_linear")
+    p.add_argument("--method", default="task_arithmetic",
+                   choices=["linear", "task_arithmetic", "ties", "dare_linear"])
+    p.add_argument("--density", type=float, default=None, help="kept fraction (0,1] for ties / dare_linear (0.5)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="linear / ties: divide by the sum of weights (default on)")
     p.add_argument("--seed", type=int, default=1729, help="DARE drop mask seed")
     p.add_argument("--unmatched", default="error", help="error | drop | keep:NAME (NAME = base or a --model PATH)")
     p.add_argument("--overwrite", action="store_true")
@@ -113,7 +116,8 @@ def _run_merge(args: argparse.Namespace) -> int:
     from tts_awq.upstream.merge import merge_checkpoints
 
     print(merge_checkpoints(args.base, args.model, args.out, method=args.method, density=args.density,
-                            seed=args.seed, unmatched=args.unmatched, overwrite=args.overwrite))
+                            seed=args.seed, unmatched=args.unmatched, overwrite=args.overwrite,
+                            normalize=args.normalize))
     return 0
 
 

@@ -117,8 +117,11 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, cached_deq
             state[name] = tensor.to(torch_dtype)
     model.load_state_dict(state, strict=True, assign=True)
     del state
+    _reset_rope_buffers(model, "cpu")
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise RuntimeError(f"tensors left uninitialised after loading: {still_meta[:5]}")
     model.to(device)
-    _reset_rope_buffers(model, device)
     model.eval()
 
     speech_tokenizer = classes.Qwen3TTSTokenizer.from_pretrained(

@@ -129,7 +129,11 @@ def _talker_decoder(config: dict[str, Any], path: Path) -> DecoderSpec:
     )
 
 
-def _causal_lm_decoder(config: dict[str, Any]) -> DecoderSpec:
+def _causal_lm_decoder(config: dict[str, Any], path: Path) -> DecoderSpec:
+    needed = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    missing = [k for k in needed if k not in config]
+    if missing:
+        raise UserError(f"{path}: {config.get('model_type')} config lacks {', '.join(missing)}; restore config.json")
     keep = {
         k: v
         for k, v in config.items()
@@ -157,7 +161,7 @@ def detect_layout(root: Path) -> Layout:
     if model_type == TTS_KIND or "talker_config" in config:
         return Layout(root=root, kind=TTS_KIND, config=config, decoder=_talker_decoder(config, config_path))
     if model_type in SUPPORTED_CAUSAL_LM:
-        return Layout(root=root, kind=CAUSAL_LM_KIND, config=config, decoder=_causal_lm_decoder(config))
+        return Layout(root=root, kind=CAUSAL_LM_KIND, config=config, decoder=_causal_lm_decoder(config, config_path))
     raise UserError(
         f"{config_path}: model_type {model_type!r} is not supported; expected qwen3_tts or a "
         f"{'/'.join(SUPPORTED_CAUSAL_LM)} causal LM"
