@@ -61,7 +61,9 @@ def get_method(name: str) -> MergeMethod:
     try:
         return METHODS[name]
     except KeyError:
-        raise UserError(f"unknown merge method {name!r}; choose one of {', '.join(sorted(METHODS))}") from None
+        raise UserError(
+            f"unknown merge method {name!r}; choose one of {', '.join(sorted(METHODS))}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,7 +128,9 @@ def random_keep_masks(shape: tuple[int, ...], count: int, density: float, seed: 
 
 
 @register("linear", params={"normalize": True}, needs_base=False)
-def linear(base: Tensor | None, tensors: list[Tensor], weights: list[float], *, normalize: bool = True) -> Tensor:
+def linear(
+    base: Tensor | None, tensors: list[Tensor], weights: list[float], *, normalize: bool = True
+) -> Tensor:
     """Weighted average of the models (weights divided by their sum unless ``normalize=False``); base unused."""
     _check(tensors, weights, None)
     out_dtype = base.dtype if base is not None else tensors[0].dtype
