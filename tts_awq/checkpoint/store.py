@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from tts_awq.errors import UserError
 
@@ -36,6 +36,8 @@ class TensorInfo:
     file: str
     dtype: str
     shape: tuple[int, ...]
+    offset: int = 0  # absolute byte offset of the data in the file
+    nbytes: int = 0
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -70,12 +72,17 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     for name, entry in header.items():
         begin, end = entry["data_offsets"]
         data_end = max(data_end, end)
-        infos[name] = TensorInfo(name=name, file=path.name, dtype=entry["dtype"], shape=tuple(entry["shape"]))
+        infos[name] = TensorInfo(name=name, file=path.name, dtype=entry["dtype"], shape=tuple(entry["shape"]),
+                                 offset=8 + header_len + begin, nbytes=end - begin)
     if 8 + header_len + data_end != size:
         raise UserError(
             f"{path}: truncated or padded safetensors file ({size} bytes, header expects {8 + header_len + data_end}); {fix}"
         )
     return infos, metadata
+
+
+if sys.byteorder != "little":  # safetensors data is little-endian; frombuffer reads native order
+    raise ImportError("tts-awq reads safetensors with native byte order and needs a little-endian machine")
 
 
 class TensorStore:
@@ -104,9 +111,9 @@ class TensorStore:
             infos, meta = read_safetensors_header(path)
             self.metadata[rel] = meta
             for name, info in infos.items():
-                self._infos[name] = TensorInfo(name=name, file=rel, dtype=info.dtype, shape=info.shape)
+                self._infos[name] = TensorInfo(name=name, file=rel, dtype=info.dtype, shape=info.shape,
+                                               offset=info.offset, nbytes=info.nbytes)
         self.files = files
-        self._handles: dict[str, object] = {}
 
     def keys(self) -> list[str]:
         return sorted(self._infos)
@@ -121,18 +128,22 @@ class TensorStore:
         return dict(self._infos)
 
     def get(self, name: str) -> torch.Tensor:
+        """Read one tensor with plain file I/O (no mmap), so resident memory is only what the caller keeps."""
         if name not in self._infos:
             raise KeyError(f"{name} not in {self.root}")
-        rel = self._infos[name].file
-        handle = self._handles.get(rel)
-        if handle is None:
-            handle = safe_open(str(self.root / rel), framework="pt", device="cpu")
-            self._handles[rel] = handle
-        return handle.get_tensor(name)  # type: ignore[attr-defined]
+        info = self._infos[name]
+        buffer = bytearray(info.nbytes)
+        with open(self.root / info.file, "rb") as handle:
+            handle.seek(info.offset)
+            if handle.readinto(buffer) != info.nbytes:
+                raise UserError(f"{self.root / info.file}: truncated while reading {name}; re-download it")
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=info.torch_dtype)
+        return torch.frombuffer(buffer, dtype=info.torch_dtype).reshape(info.shape)
 
     def get_prefix(self, prefix: str) -> dict[str, torch.Tensor]:
         """Every tensor whose name starts with ``prefix``, keyed by the rest of the name."""
         return {name[len(prefix) :]: self.get(name) for name in self.keys() if name.startswith(prefix)}
 
     def close(self) -> None:
-        self._handles.clear()
+        """Nothing stays open between reads; kept for API symmetry."""
