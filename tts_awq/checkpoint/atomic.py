@@ -29,8 +29,11 @@ def atomic_output_dir(out: Path, overwrite: bool = False, sources: tuple[Path, .
     out = check_output_dir(out, overwrite, sources)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the output is a normal directory
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / "old")

@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny random checkpoints built once per test session with the real qwen-tts classes."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def qwen_tts() -> types.SimpleNamespace:
+    """``qwen_tts_classes()``: Qwen3TTSModel, Qwen3TTSConfig, ... (imported with the torchaudio stub)."""
+    from tts_awq.qwen_tts_compat import qwen_tts_classes
+
+    return qwen_tts_classes()
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``{"tiny-tts-base": ..., "tiny-qwen3-lm": ..., "tiny-darwin": ...}`` (seed 0, alpha 0.03). Read-only: copy
+    a directory before modifying it."""
+    from tts_awq.tiny import build_tiny_darwin
+
+    return build_tiny_darwin(tmp_path_factory.mktemp("tiny"), seed=0, alpha=0.03)
