@@ -186,11 +186,7 @@ def quantize_talker_main(argv: Sequence[str] | None = None) -> int:
 
 
 def validate_awq_main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    if "validate-awq" not in COMMANDS:
-        print("error: validate-awq is not available in this installation", file=sys.stderr)
-        return 2
-    return _run(build_parser("validate-awq"), argv) if parser else 2
+    return _run(build_parser("validate-awq"), argv)
 
 
 if __name__ == "__main__":

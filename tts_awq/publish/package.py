@@ -1,0 +1,116 @@
+"""A package directory as ``push`` sees it: provenance, config, files, integrity and validation status.
+
+Nothing here touches the network or writes to the package: it only reads and hashes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tts_awq.checkpoint.files import list_files, read_json, sha256_file
+from tts_awq.errors import UserError
+from tts_awq.provenance import PROVENANCE_NAME, read_provenance
+
+QUANTIZE_STAGE = "quantize-talker"
+VALIDATION_DIR = "validation"
+REPORT_REL = f"{VALIDATION_DIR}/report.json"
+
+
+@dataclass
+class Package:
+    """A checked package directory (see :func:`load_package`)."""
+
+    root: Path
+    provenance: dict[str, Any]
+    config: dict[str, Any]
+    files: list[str]
+    report: dict[str, Any] | None = None
+    #: why the package does not count as validated; None when its report exists, matches provenance and passed
+    validation_problem: str | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def validated(self) -> bool:
+        return self.validation_problem is None
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """The ``inputs`` entry with role "source" (the direct parent)."""
+        for entry in self.provenance.get("inputs") or []:
+            if isinstance(entry, dict) and entry.get("role") == "source":
+                return entry
+        return {}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+
+def check_integrity(root: Path, provenance: dict[str, Any], files: list[str]) -> None:
+    """Raise a one-line UserError naming the first file (sorted) that differs from ``outputs_sha256``.
+
+    Files under ``validation/`` are created after quantize-talker and are not hashed there (the report's own sha256
+    is checked by :func:`validation_status`); any other file not in ``outputs_sha256`` counts as a change.
+    """
+    recorded = provenance.get("outputs_sha256")
+    if not isinstance(recorded, dict) or not recorded:
+        raise UserError(f"{root / PROVENANCE_NAME}: has no outputs_sha256; re-run quantize-talker to write a complete package")
+    present = set(files)
+    for rel in sorted(recorded):
+        if rel not in present:
+            raise UserError(f"{root / rel}: listed in provenance.json but missing; restore it or re-run quantize-talker")
+        if sha256_file(root / rel) != recorded[rel]:
+            raise UserError(f"{root / rel}: changed since quantize-talker wrote it (sha256 differs from provenance.json); "
+                            "restore it or re-run quantize-talker")
+    for rel in files:
+        if rel in recorded or rel == PROVENANCE_NAME or rel.startswith(f"{VALIDATION_DIR}/"):
+            continue
+        raise UserError(f"{root / rel}: not in provenance.json outputs_sha256 (added after quantize-talker); "
+                        "move it out of the package")
+
+
+def validation_status(root: Path, provenance: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """(report or None, problem or None). The report is returned only when its sha256 matches provenance."""
+    path = root / REPORT_REL
+    if not path.is_file():
+        return None, f"no validation report ({REPORT_REL})"
+    record = provenance.get("validation")
+    recorded = record.get("report_sha256") if isinstance(record, dict) else None
+    if not recorded:
+        return None, "provenance.json has no validation record (report_sha256)"
+    if sha256_file(path) != recorded:
+        return None, f"{REPORT_REL} does not match provenance.json's report_sha256 (edited, or from another run)"
+    try:
+        report = read_json(path, "validation report")
+    except UserError as exc:
+        return None, str(exc)
+    if report.get("passed") is not True:
+        failed = [str(name) for name in report.get("failed_gates") or []]
+        return report, "validation failed" + (f" (gates: {', '.join(failed)})" if failed else "")
+    return report, None
+
+
+def load_package(root: Path) -> Package:
+    """Read and check a package directory made by ``quantize-talker`` (integrity is always enforced)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: package directory not found; pass the OUT directory of quantize-talker")
+    provenance = read_provenance(root)
+    if provenance is None:
+        raise UserError(f"{root / PROVENANCE_NAME}: not found; push only takes a package written by quantize-talker")
+    if "unreadable" in provenance and len(provenance) == 1:
+        raise UserError(f"{root / PROVENANCE_NAME}: not valid JSON; restore it or re-run quantize-talker")
+    if provenance.get("stage") != QUANTIZE_STAGE:
+        raise UserError(f"{root / PROVENANCE_NAME}: stage is {provenance.get('stage')!r}, not {QUANTIZE_STAGE!r}; "
+                        "push publishes quantized packages only")
+    config = read_json(root / "config.json", "config.json")
+    if not isinstance(config.get("quantization_config"), dict):
+        raise UserError(f"{root / 'config.json'}: has no quantization_config; not a quantized package")
+    files = list_files(root)
+    check_integrity(root, provenance, files)
+    report, problem = validation_status(root, provenance)
+    sizes = {rel: (root / rel).stat().st_size for rel in files}
+    return Package(root=root, provenance=provenance, config=config, files=files, report=report,
+                   validation_problem=problem, sizes=sizes)
