@@ -197,3 +197,17 @@ def test_codec_from_fills_missing_speech_tokenizer(tiny_root: dict[str, Path], t
     prov = json.loads((out / "provenance.json").read_text())
     assert [i["role"] for i in prov["inputs"]] == ["source", "codec_from"]
     assert "speech_tokenizer/model.safetensors" in prov["files"]["codec_from_base"]
+
+
+def test_rtn_package_equals_independent_round_to_nearest(darwin: Path, tmp_path: Path) -> None:
+    """--method rtn writes exactly rtn(W) (no calibration, no smoothing) through the same packing path."""
+    out = quantize_talker(QuantizeOptions(src=str(darwin), out=tmp_path / "rtn", method="rtn", **FAST))
+    src, pkg = TensorStore(darwin), TensorStore(out)
+    spec = detect_layout(darwin).decoder
+    expected = rtn_layer_tensors(layer_tensors(src, spec), 4, 128)
+    for index in range(spec.num_layers):
+        got, want = layer_tensors(pkg, spec)(index), expected(index)
+        assert set(got) == set(want)
+        for name in want:
+            assert torch.equal(got[name], want[name].float()), name
+    assert json.loads((out / "provenance.json").read_text())["calibration"]["n_samples"] == 0

@@ -121,31 +121,29 @@ def _run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_validate(p: argparse.ArgumentParser) -> None:
+    from tts_awq.validate.cli import add_validate
+
+    add_validate(p)
+
+
+def _add_push(p: argparse.ArgumentParser) -> None:
+    from tts_awq.publish.cli import add_push
+
+    add_push(p)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
     "quantize-talker": (_add_quantize, "quantize a TTS talker (or causal LM) to AWQ INT4"),
     "blend": (_add_blend, "Darwin-style FFN blend of a Qwen3 LLM into a Qwen3-TTS talker"),
     "repack": (_add_repack, "add a missing speech_tokenizer/ from a base checkpoint"),
     "merge": (_add_merge, "task-arithmetic / TIES / DARE / linear merge of checkpoints"),
+    "validate-awq": (_add_validate, "quality report with pass/fail gates (exit 0 pass, 1 gate failed, 2 error)"),
+    "push": (_add_push, "push a validated package to the Hugging Face Hub with a model card"),
 }
 
 
-def _register_optional_commands() -> None:
-    try:
-        from tts_awq.validate.cli import add_validate
-
-        COMMANDS["validate-awq"] = (add_validate, "quality report with pass/fail gates")
-    except ImportError:
-        pass
-    try:
-        from tts_awq.publish.cli import add_push
-
-        COMMANDS["push"] = (add_push, "push a validated package to the Hugging Face Hub")
-    except ImportError:
-        pass
-
-
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    _register_optional_commands()
     if only is not None:
         add, help_text = COMMANDS[only]
         parser = argparse.ArgumentParser(prog=only, description=help_text)

@@ -91,6 +91,42 @@ class DecoderRunner:
         return outs
 
 
+@torch.no_grad()
+def run_layer_capturing(
+    runner: DecoderRunner,
+    layer: nn.Module,
+    xs: Sequence[torch.Tensor],
+    names: Sequence[str],
+    capture: str = "input",
+    keep: Callable[[torch.Tensor], torch.Tensor] = lambda t: t.detach().clone(),
+) -> tuple[dict[str, Activations], Activations]:
+    """Run ``layer`` over ``xs`` recording the input (or output) of each named sub-module, per sequence.
+
+    Inputs are cloned by default: q/k/v (and gate/up) receive the very same tensor, and a later in-place change
+    to one must never leak into another.
+    """
+    captured: dict[str, Activations] = {name: [] for name in names}
+    handles = []
+    for name in names:
+        module = layer.get_submodule(name)
+        if capture == "input":
+            def pre_hook(_m: nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
+                captured[name].append(keep(args[0][0]))
+
+            handles.append(module.register_forward_pre_hook(pre_hook))
+        else:
+            def post_hook(_m: nn.Module, _a: object, out: torch.Tensor, name: str = name) -> None:
+                captured[name].append(keep(out[0]))
+
+            handles.append(module.register_forward_hook(post_hook))
+    try:
+        outputs = runner.run_layer(layer, xs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured, outputs
+
+
 def stack_hidden_states(
     runner: DecoderRunner,
     xs: Activations,

@@ -16,7 +16,7 @@ from torch import nn
 
 from tts_awq.checkpoint.layout import DECODER_LINEARS, DecoderSpec
 from tts_awq.checkpoint.store import TensorStore
-from tts_awq.quantize.decoder import Activations, DecoderRunner
+from tts_awq.quantize.decoder import Activations, DecoderRunner, run_layer_capturing
 from tts_awq.quantize.int4 import check_group_size, quantize
 from tts_awq.quantize.pack import pack_gemm
 from tts_awq.quantize.scale_groups import CAPTURED_INPUTS, LINEAR_INPUT, NO_CLIP, groups_for
@@ -56,22 +56,6 @@ def check_layer_shapes(store: TensorStore, spec: DecoderSpec, group_size: int) -
             check_group_size(info.shape[1], group_size, where=f"{store.root}: {linear}")
 
 
-def _capture_inputs(runner: DecoderRunner, layer: nn.Module, xs: Activations) -> tuple[dict[str, Activations], Activations]:
-    captured: dict[str, Activations] = {name: [] for name in CAPTURED_INPUTS}
-    handles = []
-    for name in CAPTURED_INPUTS:
-        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
-            captured[name].append(args[0][0].detach().clone())  # clone: q/k/v share one tensor
-
-        handles.append(layer.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        outputs = runner.run_layer(layer, xs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured, outputs
-
-
 def _forward_with(runner: DecoderRunner, layer: nn.Module, group_linears: tuple[str, ...], inspect: str,
                   attention: bool, xs: Activations):  # type: ignore[no-untyped-def]
     modules = [layer.get_submodule(name) for name in group_linears]
@@ -95,7 +79,7 @@ def quantize_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, opt
                    ) -> tuple[dict[str, torch.Tensor], dict[str, object], Activations]:
     """Returns (final float weights per Linear + changed norms, stats, next layer's input)."""
     start = time.perf_counter()
-    inputs, next_xs = _capture_inputs(runner, layer, xs)
+    inputs, next_xs = run_layer_capturing(runner, layer, xs, CAPTURED_INPUTS)
     stats: dict[str, object] = {}
     if options.method == "awq":
         searched = []

@@ -19,7 +19,7 @@ from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
 from tts_awq.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
 from tts_awq.errors import UserError
 from tts_awq.provenance import Provenance
-from tts_awq.quantize.calibration import build_calibration
+from tts_awq.quantize.calibration import Calibration, build_calibration
 from tts_awq.quantize.engine import METHODS, AwqOptions, check_layer_shapes, run_awq
 from tts_awq.quantize.reassemble import PackageWriter, module_census
 
@@ -116,12 +116,15 @@ def quantize_talker(options: QuantizeOptions) -> Path:
             from tts_awq.upstream.repack import copy_codec_into
 
             codec_files = copy_codec_into(tmp, base.path)
-        with prov.timed("calibration"), _model_dir_with_codec(
-            source.path, tmp / CODEC_DIR if codec_files else None
-        ) as model_dir:
-            calibration = build_calibration(layout, model_dir, store, options.calib, options.seed, options.seq_len,
-                                            options.n_samples, device, options.calib_batch_size,
-                                            progress=options.progress)
+        if awq.method == "rtn":  # round-to-nearest needs no activations
+            calibration = Calibration([], {"mode": "none (round-to-nearest)", "n_samples": 0, "n_tokens": 0})
+        else:
+            with prov.timed("calibration"), _model_dir_with_codec(
+                source.path, tmp / CODEC_DIR if codec_files else None
+            ) as model_dir:
+                calibration = build_calibration(layout, model_dir, store, options.calib, options.seed,
+                                                options.seq_len, options.n_samples, device,
+                                                options.calib_batch_size, progress=options.progress)
         log.info("calibration: %d sequences, %d tokens", len(calibration.sequences), calibration.n_tokens)
         layer_stats: list[dict[str, Any]] = []
         with prov.timed("write_kept_tensors"):

@@ -1,0 +1,40 @@
+"""``validate-awq OUT --reference SRC ...``: argument parsing and exit codes (0 pass, 1 a gate failed, 2 error)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tts_awq.validate.runner import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEEDS
+
+EXIT_PASS = 0
+EXIT_GATE_FAILED = 1
+
+
+def add_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="INT4 package directory written by quantize-talker")
+    parser.add_argument("--reference", required=True, metavar="SRC",
+                        help="the checkpoint the package was made from (dir or Hub id); a tts-awq package works too")
+    parser.add_argument("--eval", default=None, metavar="FILE|DATASET",
+                        help="held-out prompts: JSONL file or Hub dataset id (default: built-in calib_data/eval.jsonl)")
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="generations per prompt, one seed each")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help="codec frames a generation may use before it counts as a runaway")
+    parser.add_argument("--gates", default=None, metavar="FILE", help="YAML or JSON file overriding gate thresholds")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--n-prompts", type=int, default=None, help="use this many prompts, spread over the file")
+    parser.add_argument("--asr-model", default=None, metavar="DIR",
+                        help="local ASR model (transformers Whisper or faster-whisper dir) for WER/CER")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tts_awq.validate.runner import validate_package
+
+    result = validate_package(args.out, args.reference, eval=args.eval, seeds=args.seeds,
+                              max_new_tokens=args.max_new_tokens, gates=args.gates, device=args.device,
+                              asr_model=args.asr_model, n_prompts=args.n_prompts)
+    verdict = "PASS" if result.passed else "FAIL (" + ", ".join(result.failed_gates) + ")"
+    print(f"{verdict}: {result.markdown_path}", file=sys.stdout)
+    return EXIT_PASS if result.passed else EXIT_GATE_FAILED

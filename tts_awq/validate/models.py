@@ -1,0 +1,182 @@
+"""Resolve and load the two models being compared: the INT4 package and its reference.
+
+The reference is a plain Qwen3-TTS checkpoint (loaded with the calibration loader) or itself a tts-awq package
+(loaded with :func:`tts_awq.load_quantized`), so a package can be validated against itself. Load time and peak
+memory are measured while loading.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tts_awq.checkpoint import Layout, ResolvedSource, TensorStore, detect_layout, resolve_source
+from tts_awq.checkpoint.layout import TTS_KIND
+from tts_awq.errors import UserError
+
+#: Talker / code-predictor config fields that must agree between the package and its reference.
+_TALKER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "vocab_size", "num_code_groups", "text_hidden_size",
+                  "text_vocab_size", "codec_eos_token_id")
+_PREDICTOR_FIELDS = ("hidden_size", "num_hidden_layers", "vocab_size", "num_code_groups")
+
+
+@dataclass
+class Side:
+    """One side of the comparison: where it lives, what it is, and (once loaded) the model."""
+
+    role: str  # "package" or "reference"
+    source: ResolvedSource
+    layout: Layout
+    quantized: bool
+    tts: Any = None
+    load: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.source.path
+
+    def store(self) -> TensorStore:
+        return TensorStore(self.root)
+
+
+def is_awq_package(layout: Layout) -> bool:
+    qconfig = layout.config.get("quantization_config")
+    return isinstance(qconfig, dict) and qconfig.get("quant_method") == "awq"
+
+
+def resolve_package(out: str | os.PathLike[str]) -> Side:
+    path = Path(out).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{path}: package directory not found; pass the OUT directory written by quantize-talker")
+    layout = detect_layout(path)
+    if layout.kind != TTS_KIND:
+        raise UserError(f"{path}: not a Qwen3-TTS package (model_type {layout.config.get('model_type')!r})")
+    if not is_awq_package(layout):
+        raise UserError(f"{path / 'config.json'}: no AWQ quantization_config; quantize it with quantize-talker first")
+    layout.require_codec()
+    return Side("package", ResolvedSource(path=path.resolve(), spec=str(out)), layout, quantized=True)
+
+
+def resolve_reference(spec: str | os.PathLike[str]) -> Side:
+    source = resolve_source(spec, what="--reference")
+    layout = detect_layout(source.path)
+    if layout.kind != TTS_KIND:
+        raise UserError(f"{source.path}: --reference is not a Qwen3-TTS checkpoint "
+                        f"(model_type {layout.config.get('model_type')!r}); pass the model the package was made from")
+    layout.require_codec()
+    return Side("reference", source, layout, quantized=is_awq_package(layout))
+
+
+def check_same_architecture(package: Side, reference: Side) -> None:
+    """The talker and code predictor must have the same shapes; otherwise the comparison is meaningless."""
+    p_talker = package.layout.config.get("talker_config", {})
+    r_talker = reference.layout.config.get("talker_config", {})
+    diffs = [f"{k} {r_talker.get(k)!r} vs {p_talker.get(k)!r}" for k in _TALKER_FIELDS
+             if p_talker.get(k) != r_talker.get(k)]
+    p_cp = p_talker.get("code_predictor_config") or {}
+    r_cp = r_talker.get("code_predictor_config") or {}
+    diffs += [f"code_predictor {k} {r_cp.get(k)!r} vs {p_cp.get(k)!r}" for k in _PREDICTOR_FIELDS
+              if p_cp.get(k) != r_cp.get(k)]
+    if diffs:
+        raise UserError(f"{reference.root}: --reference has another architecture than the package "
+                        f"({'; '.join(diffs[:3])}); pass the checkpoint the package was quantized from")
+
+
+def resolve_device(device: str) -> str:
+    from tts_awq.quantize.pipeline import resolve_device as _resolve
+
+    return _resolve(device)
+
+
+def compute_dtype(device: str) -> torch.dtype:
+    """float32 on CPU (exact, deterministic), bfloat16 on CUDA (the reference precision of real checkpoints)."""
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _PeakRss:
+    """Samples the resident set size every few milliseconds while a block runs."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.start = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> _PeakRss:
+        gc.collect()
+        self.start = self.peak = _rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def warm_imports() -> None:
+    """Import qwen-tts and transformers' processors up front, so the load timings measure loading only."""
+    import transformers  # noqa: F401
+
+    from tts_awq.qwen_tts_compat import qwen_tts_classes
+
+    qwen_tts_classes()
+
+
+def load_side(side: Side, device: str) -> Side:
+    """Load the model; records wall time and peak memory of the load in ``side.load`` (not deterministic)."""
+    warm_imports()
+    dtype = compute_dtype(device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda_start = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    with _PeakRss() as rss:
+        if side.quantized:
+            from tts_awq.loading import load_quantized
+
+            # cached_dequant: every INT4 Linear dequantizes once instead of at each decode step (same numbers).
+            tts = load_quantized(side.root, device=device, dtype=dtype, cached_dequant=True)
+        else:
+            from tts_awq.quantize.calibration import load_tts_model
+
+            tts = load_tts_model(side.root, device, dtype)
+    seconds = time.perf_counter() - start
+    side.tts = tts
+    side.load = {
+        "loader": "tts_awq.load_quantized" if side.quantized else "qwen_tts.Qwen3TTSModel.from_pretrained",
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": device,
+        "seconds": round(seconds, 3),
+        "peak_rss_increase_mib": round(max(rss.peak - rss.start, 0) / 2**20, 1),
+        "rss_after_mib": round(_rss_bytes() / 2**20, 1),
+    }
+    if cuda:
+        side.load["peak_cuda_allocated_mib"] = round(
+            (torch.cuda.max_memory_allocated(device) - cuda_start) / 2**20, 1)
+    tts.model.eval()
+    return side
