@@ -67,7 +67,7 @@ def test_quantize_matches_awq_formula_and_error_bound() -> None:
     w_max, w_min = w.amax(1), w.amin(1)
     scale = ((w_max - w_min).clamp(min=1e-5) / 15).to(torch.float16)
     assert torch.equal(qw.scales[:, 0], scale)
-    zero = (-torch.round(w_min / (w_max - w_min).clamp(min=1e-5) * 15)).clamp(0, 15)
+    zero = (-torch.round(w_min / scale.float())).clamp(0, 15)
     assert torch.equal(qw.zeros[:, 0].float(), zero)
     assert int(qw.q.max()) <= 15
     err = (qw.dequantize() - w).abs()

@@ -188,6 +188,7 @@ def test_codec_from_fills_missing_speech_tokenizer(tiny_root: dict[str, Path], t
     src = tmp_path / "no-codec"
     shutil.copytree(tiny_root["tiny-darwin"], src)
     shutil.rmtree(src / "speech_tokenizer")
+    (src / "preprocessor_config.json").unlink()  # the base fills other missing processor files too
     before = hash_tree(src)
     out = quantize_talker(QuantizeOptions(src=str(src), out=tmp_path / "pkg", codec_from=str(tiny_root["tiny-tts-base"]),
                                           **{**FAST, "n_samples": 2, "seq_len": 16}))
@@ -197,6 +198,7 @@ def test_codec_from_fills_missing_speech_tokenizer(tiny_root: dict[str, Path], t
     prov = json.loads((out / "provenance.json").read_text())
     assert [i["role"] for i in prov["inputs"]] == ["source", "codec_from"]
     assert "speech_tokenizer/model.safetensors" in prov["files"]["codec_from_base"]
+    assert "preprocessor_config.json" in prov["files"]["codec_from_base"]
 
 
 def test_rtn_package_equals_independent_round_to_nearest(darwin: Path, tmp_path: Path) -> None:

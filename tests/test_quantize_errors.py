@@ -77,7 +77,9 @@ def test_not_a_directory_nor_repo_id(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_offline_hub_id_not_cached(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     code = main(["quantize-talker", "nobody-here/no-such-tts", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "not in the local Hugging Face cache" in err and "HF_HUB_OFFLINE" in err

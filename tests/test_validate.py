@@ -350,3 +350,17 @@ def test_select_prompts_spreads_and_keeps_long_form() -> None:
     assert any(p.kind == "long" for p in chosen)
     assert [p.id for p in chosen] == [p.id for p in prompts if p in chosen]  # file order
     assert select_prompts(prompts, None) == prompts and select_prompts(prompts, 500) == prompts
+
+
+def test_runaway_is_not_blamed_on_the_package_when_the_reference_also_hit_the_limit() -> None:
+    from types import SimpleNamespace
+
+    from tts_awq.validate.freerun import pair
+
+    job = SimpleNamespace(prompt=SimpleNamespace(kind="sentence"))
+    both = pair(job, SimpleNamespace(frames=64, stopped=False), SimpleNamespace(frames=64, stopped=False))
+    assert both["censored"] and not both["runaway"]
+    only_pkg = pair(job, SimpleNamespace(frames=20, stopped=True), SimpleNamespace(frames=64, stopped=False))
+    assert only_pkg["runaway"] and not only_pkg["censored"]
+    long_pkg = pair(job, SimpleNamespace(frames=20, stopped=True), SimpleNamespace(frames=41, stopped=True))
+    assert long_pkg["runaway"] and long_pkg["duration_ratio"] == 41 / 20

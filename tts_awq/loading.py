@@ -88,6 +88,9 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, cached_deq
     qconfig = layout.config.get("quantization_config")
     if not isinstance(qconfig, dict) or qconfig.get("quant_method") != "awq" or qconfig.get("version") != "gemm":
         raise UserError(f"{root / 'config.json'}: no AWQ GEMM quantization_config; quantize it with quantize-talker")
+    if qconfig.get("bits", 4) != 4 or not qconfig.get("zero_point", True):
+        raise UserError(f"{root / 'config.json'}: quantization_config bits={qconfig.get('bits')} "
+                        f"zero_point={qconfig.get('zero_point')}; only 4-bit zero-point AWQ GEMM is supported")
     layout.require_codec()
     torch_dtype = _dtype(dtype, device)
     classes = qwen_tts_classes()
@@ -128,6 +131,8 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, cached_deq
         str(root / CODEC_DIR), dtype=torch_dtype, device_map=device
     )
     model.load_speech_tokenizer(speech_tokenizer)
-    model.load_generate_config(json.loads((root / "generation_config.json").read_text(encoding="utf-8")))
+    generation_config = root / "generation_config.json"
+    defaults = json.loads(generation_config.read_text(encoding="utf-8")) if generation_config.is_file() else {}
+    model.load_generate_config(defaults)
     processor = AutoProcessor.from_pretrained(str(root), fix_mistral_regex=True)
     return classes.Qwen3TTSModel(model=model, processor=processor, generate_defaults=model.generate_config)

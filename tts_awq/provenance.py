@@ -39,7 +39,10 @@ def git_commit() -> str | None:
 
 
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
+    import torch
+
+    versions: dict[str, str | None] = {"python": platform.python_version(),
+                                       "torch_num_threads": str(torch.get_num_threads())}
     for name in _LIBRARIES:
         try:
             versions[name] = metadata.version(name)

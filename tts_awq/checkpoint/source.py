@@ -27,8 +27,15 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def resolve_source(spec: str | os.PathLike[str], revision: str | None = None, what: str = "SRC") -> ResolvedSource:
-    """Return a local directory for ``spec``; Hub ids are fetched with huggingface_hub (honours HF_HUB_OFFLINE)."""
+#: Everything of a Qwen3-TTS repo except the main weights: enough to borrow its codec and processor files.
+CODEC_AND_PROCESSOR_FILES = ["*.json", "*.txt", "speech_tokenizer/*"]
+
+
+def resolve_source(spec: str | os.PathLike[str], revision: str | None = None, what: str = "SRC",
+                   allow_patterns: list[str] | None = None) -> ResolvedSource:
+    """Return a local directory for ``spec``; Hub ids are fetched with huggingface_hub (honours HF_HUB_OFFLINE).
+
+    ``allow_patterns`` limits a Hub download (e.g. to the codec of a base checkpoint)."""
     path = Path(spec).expanduser()
     if path.is_dir():
         return ResolvedSource(path=path.resolve(), spec=str(spec))
@@ -41,7 +48,8 @@ def resolve_source(spec: str | os.PathLike[str], revision: str | None = None, wh
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        local = snapshot_download(repo_id=text, revision=revision, local_files_only=_offline())
+        local = snapshot_download(repo_id=text, revision=revision, local_files_only=_offline(),
+                                  allow_patterns=allow_patterns)
     except LocalEntryNotFoundError as exc:
         hint = "unset HF_HUB_OFFLINE or download it first" if _offline() else "check the network or the repo id"
         raise UserError(f"{text}: {what} is not in the local Hugging Face cache and cannot be downloaded; {hint}") from exc

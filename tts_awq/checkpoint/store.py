@@ -70,7 +70,18 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     infos: dict[str, TensorInfo] = {}
     data_end = 0
     for name, entry in header.items():
-        begin, end = entry["data_offsets"]
+        try:
+            begin, end = (int(v) for v in entry["data_offsets"])
+            dtype, shape = entry["dtype"], [int(d) for d in entry["shape"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{path}: corrupt safetensors header entry {name!r}; {fix}") from exc
+        if dtype not in DTYPE_FROM_SAFETENSORS:
+            raise UserError(f"{path}: tensor {name} has dtype {dtype}, which tts-awq does not read; convert it")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if not 0 <= begin <= end or end - begin != numel * DTYPE_FROM_SAFETENSORS[dtype].itemsize:
+            raise UserError(f"{path}: tensor {name} has inconsistent offsets in the header; {fix}")
         data_end = max(data_end, end)
         infos[name] = TensorInfo(name=name, file=path.name, dtype=entry["dtype"], shape=tuple(entry["shape"]),
                                  offset=8 + header_len + begin, nbytes=end - begin)
@@ -102,6 +113,7 @@ class TensorStore:
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise UserError(f"{index}: not a valid safetensors index (needs 'weight_map'); restore it") from exc
             files = sorted(set(weight_map.values()))
+            self._weight_map = dict(weight_map)
         else:
             raise UserError(f"{single}: no {weights_name} (or sharded index) in the checkpoint; point at a full checkpoint")
         for rel in files:
@@ -114,6 +126,9 @@ class TensorStore:
                 self._infos[name] = TensorInfo(name=name, file=rel, dtype=info.dtype, shape=info.shape,
                                                offset=info.offset, nbytes=info.nbytes)
         self.files = files
+        for name, rel in getattr(self, "_weight_map", {}).items():
+            if name not in self._infos or self._infos[name].file != rel:
+                raise UserError(f"{index}: lists {name} in {rel}, but that shard does not hold it; re-download")
 
     def keys(self) -> list[str]:
         return sorted(self._infos)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tts_awq.checkpoint.files import sha256_file
 from tts_awq.checkpoint.layout import CODEC_DIR, Layout
 from tts_awq.checkpoint.store import TensorStore
 from tts_awq.errors import UserError
@@ -50,6 +51,8 @@ class _TalkerCapture:
         self.seq_len = seq_len
         self.rows: list[list[torch.Tensor]] = []
         self.done: list[bool] = []
+        self.position_rows_checked = 0
+        self.position_mismatches = 0
         self._handles = [
             talker.register_forward_pre_hook(self._on_talker, with_kwargs=True),
             talker.model.register_forward_pre_hook(self._on_model, with_kwargs=True),
@@ -77,12 +80,21 @@ class _TalkerCapture:
         if length > 1:  # prefill: a new batch starts
             self.rows = [[] for _ in range(batch)]
             self.done = [False] * batch
+        positions = kwargs.get("position_ids")
         for b in range(batch):
             if self.done[b]:
                 continue
             x = embeds[b]
-            if mask is not None:
-                x = x[mask[b, -length:].bool()]
+            keep = mask[b, -length:].bool() if mask is not None else torch.ones(length, dtype=torch.bool)
+            x = x[keep.to(x.device)]
+            if positions is not None:
+                # The decoder layers see these rows at positions 0..L-1 (the engine relies on it): check it.
+                pos = positions[0, b] if positions.dim() == 3 else positions[b]
+                pos = pos[keep.to(pos.device)].cpu()
+                start = sum(int(r.shape[0]) for r in self.rows[b])
+                self.position_rows_checked += int(pos.numel())
+                if not torch.equal(pos, torch.arange(start, start + pos.numel())):
+                    self.position_mismatches += 1
             self.rows[b].append(x.detach().float().cpu())
 
     def sequences(self) -> list[torch.Tensor]:
@@ -129,6 +141,10 @@ def capture_tts(model_dir: Path, prompts: list[Prompt], voices: list[VoiceClip],
     finally:
         capture.close()
     del tts
+    if capture.position_mismatches:
+        raise RuntimeError(f"talker positions were not 0..L-1 in {capture.position_mismatches} captured calls; "
+                           "this qwen-tts version feeds the talker differently and calibration would be wrong")
+    log.info("checked %d talker position ids: all 0..L-1", capture.position_rows_checked)
     return sequences
 
 
@@ -170,7 +186,9 @@ def build_calibration(layout: Layout, model_dir: Path, store: TensorStore, sourc
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         seqs = capture_tts(model_dir, prompts, voices, seed, seq_len, device, dtype, batch_size, progress)
         info.update({"mode": "qwen3-tts voice clone (x-vector / ICL alternating), talker inputs_embeds",
-                     "voices": [v.name for v in voices], "model_dtype": str(dtype).removeprefix("torch.")})
+                     "voices": [v.name for v in voices], "model_dtype": str(dtype).removeprefix("torch."),
+                     "voices_sha256": {v.name: sha256_file(v.path) for v in voices},
+                     "positions": "talker position ids checked to be 0..L-1 for every captured row"})
     else:
         seqs = capture_causal_lm(model_dir, store, layout.decoder.embed or "", prompts, seq_len, n_samples)
         info["mode"] = "causal LM, tokenized prompt text embedded with the checkpoint's embed_tokens"

@@ -16,6 +16,7 @@ from torch import nn
 
 from tts_awq.checkpoint.layout import DECODER_LINEARS, DecoderSpec
 from tts_awq.checkpoint.store import TensorStore
+from tts_awq.errors import UserError
 from tts_awq.quantize.decoder import Activations, DecoderRunner, run_layer_capturing
 from tts_awq.quantize.int4 import check_group_size, quantize
 from tts_awq.quantize.pack import pack_gemm
@@ -54,6 +55,9 @@ def check_layer_shapes(store: TensorStore, spec: DecoderSpec, group_size: int) -
         for linear in spec.linear_names(index):
             info = store.info(f"{linear}.weight")
             check_group_size(info.shape[1], group_size, where=f"{store.root}: {linear}")
+            if info.shape[0] % 8:
+                raise UserError(f"{store.root}: {linear} has {info.shape[0]} output features; AWQ GEMM packing "
+                                "needs a multiple of 8 (this model cannot be stored in that format)")
 
 
 def _forward_with(runner: DecoderRunner, layer: nn.Module, group_linears: tuple[str, ...], inspect: str,

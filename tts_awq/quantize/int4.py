@@ -67,11 +67,12 @@ def quantize(w: torch.Tensor, bits: int = 4, group_size: int = 128) -> Quantized
     stored package dequantizes exactly to ``(q - z) * s``."""
     if bits > 8:
         raise ValueError("bits must be <= 8")
-    scales, zeros = group_params(w, bits, group_size)
+    scales, _ = group_params(w, bits, group_size)
     scales16 = scales.to(torch.float16)
     s = scales16.float()
     g = _grouped(w.float(), group_size)
     max_int = 2**bits - 1
+    zeros = (-torch.round(g.amin(dim=-1) / s)).clamp(0, max_int)  # consistent with the stored fp16 scale
     q = (torch.round(g / s[..., None]) + zeros[..., None]).clamp(0, max_int)
     return QuantizedWeight(
         q=q.reshape(w.shape).to(torch.uint8),

@@ -15,7 +15,8 @@ import torch
 
 from tts_awq.checkpoint import TensorStore, atomic_output_dir, detect_layout, resolve_source
 from tts_awq.checkpoint.files import list_files
-from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
+from tts_awq.checkpoint.layout import TTS_KIND
+from tts_awq.checkpoint.source import CODEC_AND_PROCESSOR_FILES
 from tts_awq.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
 from tts_awq.errors import UserError
 from tts_awq.provenance import Provenance
@@ -69,17 +70,21 @@ def _validate(options: QuantizeOptions) -> None:
 
 
 @contextmanager
-def _model_dir_with_codec(src: Path, codec_dir: Path | None) -> Iterator[Path]:
-    """SRC itself, or a temp dir of symlinks to SRC plus a codec taken from elsewhere (SRC is never modified)."""
-    if codec_dir is None:
+def _model_dir_with_copied_files(src: Path, package: Path, copied: list[str]) -> Iterator[Path]:
+    """SRC itself, or a temp dir of symlinks to SRC plus the files copied from a base (codec, processor files).
+
+    SRC is never modified; the staged view is what calibration loads."""
+    if not copied:
         yield src
         return
     with tempfile.TemporaryDirectory(prefix="tts-awq-stage-") as stage:
         stage_path = Path(stage)
-        for rel in os.listdir(src):
-            if rel != CODEC_DIR:
-                os.symlink(src / rel, stage_path / rel)
-        os.symlink(codec_dir, stage_path / CODEC_DIR)
+        tops = {rel.split("/", 1)[0] for rel in copied}
+        for name in os.listdir(src):
+            if name not in tops:
+                os.symlink(src / name, stage_path / name)
+        for name in sorted(tops):
+            os.symlink(package / name, stage_path / name)
         yield stage_path
 
 
@@ -97,7 +102,8 @@ def quantize_talker(options: QuantizeOptions) -> Path:
     with prov.timed("resolve"):
         source = resolve_source(options.src, options.revision)
         layout = detect_layout(source.path)
-        base = resolve_source(options.codec_from, what="--codec-from") if options.codec_from else None
+        base = (resolve_source(options.codec_from, what="--codec-from", allow_patterns=CODEC_AND_PROCESSOR_FILES)
+                if options.codec_from else None)
         if layout.kind == TTS_KIND and not layout.has_codec and base is None:
             layout.require_codec()
         store = TensorStore(source.path)
@@ -119,9 +125,7 @@ def quantize_talker(options: QuantizeOptions) -> Path:
         if awq.method == "rtn":  # round-to-nearest needs no activations
             calibration = Calibration([], {"mode": "none (round-to-nearest)", "n_samples": 0, "n_tokens": 0})
         else:
-            with prov.timed("calibration"), _model_dir_with_codec(
-                source.path, tmp / CODEC_DIR if codec_files else None
-            ) as model_dir:
+            with prov.timed("calibration"), _model_dir_with_copied_files(source.path, tmp, codec_files) as model_dir:
                 calibration = build_calibration(layout, model_dir, store, options.calib, options.seed,
                                                 options.seq_len, options.n_samples, device,
                                                 options.calib_batch_size, progress=options.progress)

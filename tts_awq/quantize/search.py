@@ -45,7 +45,8 @@ def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, ratio: f
     else:
         s = x_mean.pow(ratio)
     s = s.clamp(min=1e-4)
-    return s / (s.max() * s.min()).sqrt()
+    s = s / (s.max() * s.min()).sqrt()
+    return torch.where(torch.isfinite(s), s, torch.ones_like(s))
 
 
 def search_scales(

@@ -18,6 +18,7 @@ from typing import Any
 from tts_awq.checkpoint import atomic_output_dir, copy_tree, detect_layout, read_json, resolve_source
 from tts_awq.checkpoint.files import hash_tree
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND, Layout
+from tts_awq.checkpoint.source import CODEC_AND_PROCESSOR_FILES
 from tts_awq.errors import UserError
 from tts_awq.provenance import PROVENANCE_NAME, Provenance
 
@@ -142,7 +143,7 @@ def repack_codec(src: str | Path, codec_from: str | Path, out: str | Path, overw
     ``files_from`` map ``{relative path: "src" | "codec_from"}``. Returns OUT.
     """
     src_res = resolve_source(src, what="SRC")
-    base_res = resolve_source(codec_from, what="--codec-from BASE")
+    base_res = resolve_source(codec_from, what="--codec-from BASE", allow_patterns=CODEC_AND_PROCESSOR_FILES)
     plan_codec_copy(src_res.path, base_res.path)  # fail before anything is written
     prov = Provenance(stage="repack", parameters={"src": str(src), "codec_from": str(codec_from)})
     with atomic_output_dir(Path(out), overwrite, sources=(src_res.path, base_res.path)) as tmp:

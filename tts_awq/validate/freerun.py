@@ -1,7 +1,8 @@
 """Free-running generation with fixed seeds: how long does the package talk compared with the reference?
 
 Per (prompt, seed) the duration ratio is package frames / reference frames. A package generation is a
-*runaway* when it hit ``--max-new-tokens`` or ran over ``RUNAWAY_FACTOR`` x the reference length, an *early
+*runaway* when it hit ``--max-new-tokens`` (while the reference stopped) or ran over ``RUNAWAY_FACTOR`` x the
+reference length; a pair where both hit the limit is *censored* and reported, not counted; an *early
 stop* when it is under ``EARLY_FACTOR`` x. Long-form prompts (kind "long") are summarized on their own; the
 "sentence" summary covers every other prompt.
 """
@@ -20,7 +21,9 @@ EARLY_FACTOR = 0.5
 
 def pair(job: Job, ref: Generation, test: Generation) -> dict[str, Any]:
     ratio = test.frames / ref.frames if ref.frames else None
-    runaway = (not test.stopped) or (ratio is not None and ratio > RUNAWAY_FACTOR)
+    # When the reference itself ran to the limit the pair is censored: the package cannot be blamed for it.
+    censored = not ref.stopped and not test.stopped
+    runaway = not censored and ((not test.stopped) or (ratio is not None and ratio > RUNAWAY_FACTOR))
     return {
         "reference_frames": ref.frames,
         "package_frames": test.frames,
@@ -30,6 +33,7 @@ def pair(job: Job, ref: Generation, test: Generation) -> dict[str, Any]:
         "reference_hit_limit": not ref.stopped,
         "package_hit_limit": not test.stopped,
         "runaway": bool(runaway),
+        "censored": bool(censored),
         "early_stop": bool(ratio is not None and ratio < EARLY_FACTOR),
         "long_form": job.prompt.kind == "long",
     }
@@ -47,6 +51,7 @@ def _stats(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "package_hit_limit_count": sum(e["package_hit_limit"] for e in entries),
         "early_stop_count": sum(e["early_stop"] for e in entries),
         "reference_hit_limit_count": sum(e["reference_hit_limit"] for e in entries),
+        "censored_count": sum(e["censored"] for e in entries),
         "reference_seconds_total": round(sum(e["reference_seconds"] for e in entries), 3),
         "package_seconds_total": round(sum(e["package_seconds"] for e in entries), 3),
     }

@@ -1,0 +1,65 @@
+"""The AWQ layer step against its own invariants: no aliasing, scales applied exactly once, sources untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tts_awq.checkpoint import TensorStore, detect_layout
+from tts_awq.quantize import engine
+from tts_awq.quantize.decoder import DecoderRunner, run_layer_capturing
+from tts_awq.quantize.engine import AwqOptions, quantize_layer
+from tts_awq.quantize.scale_groups import CAPTURED_INPUTS
+from tts_awq.quantize.search import candidate_scales
+
+
+@pytest.fixture(scope="module")
+def layer_setup(tiny_root: dict[str, Path]):  # type: ignore[no-untyped-def]
+    store = TensorStore(tiny_root["tiny-tts-base"])
+    spec = detect_layout(tiny_root["tiny-tts-base"]).decoder
+    runner = DecoderRunner(spec)
+    tensors = {k: v.float() for k, v in store.get_prefix(f"{spec.layer_prefix}0.").items()}
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(n, spec.hidden_size, generator=g) for n in (24, 17, 31)]
+    return runner, tensors, xs
+
+
+def test_scales_divide_clip_inputs_once_and_sources_stay_intact(layer_setup, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    runner, tensors, xs = layer_setup
+    originals = {k: v.clone() for k, v in tensors.items()}
+    raw, _ = run_layer_capturing(runner, runner.build_layer(dict(tensors), 0), xs, CAPTURED_INPUTS)
+    seen: dict[int, list[torch.Tensor]] = {}
+    real_search_clip = engine.search_clip
+
+    def spy(weight: torch.Tensor, inputs: list[torch.Tensor], *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.setdefault(len(seen), [x.clone() for x in inputs])
+        return real_search_clip(weight, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "search_clip", spy)
+    layer = runner.build_layer(dict(tensors), 0)
+    weights, stats, next_xs = quantize_layer(runner, layer, xs, AwqOptions(group_size=128))
+    for name, tensor in tensors.items():  # the source tensors were never written to (no aliasing)
+        assert torch.equal(tensor, originals[name]), name
+    # clip order: v, o, gate, up, down. v sees the normed input divided by s1 exactly once (not s1^3).
+    s1 = originals["input_layernorm.weight"] / weights["input_layernorm.weight"]
+    s3 = originals["post_attention_layernorm.weight"] / weights["post_attention_layernorm.weight"]
+    for got, x in zip(seen[0], raw["self_attn.q_proj"], strict=True):
+        assert torch.allclose(got, x / s1, rtol=1e-5, atol=1e-6)
+    for got, x in zip(seen[2], raw["mlp.gate_proj"], strict=True):
+        assert torch.allclose(got, x / s3, rtol=1e-5, atol=1e-6)
+    # the next layer gets the full-precision output of the unquantized layer
+    reference = runner.run_layer(runner.build_layer(dict(originals), 0), xs)
+    for a, b in zip(next_xs, reference, strict=True):
+        assert torch.equal(a, b)
+    assert stats["scale.input_layernorm"]["loss"] <= stats["scale.input_layernorm"]["loss_rtn"]
+
+
+def test_candidate_scales_are_normalized_and_finite() -> None:
+    x_mean = torch.tensor([0.1, 1.0, 10.0, 0.0])
+    w_mean = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    s = candidate_scales(x_mean, w_mean, 0.5)
+    assert torch.isfinite(s).all()
+    assert torch.allclose(s.max() * s.min(), torch.tensor(1.0), rtol=1e-5)
+    assert torch.equal(candidate_scales(x_mean, None, 0.0), torch.ones(4))
