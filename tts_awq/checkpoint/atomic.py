@@ -14,9 +14,10 @@ from tts_awq.errors import UserError
 
 def check_output_dir(out: Path, overwrite: bool, sources: tuple[Path, ...] = ()) -> Path:
     out = Path(out).absolute()
+    real_out = out.resolve()
     for src in sources:
-        src = Path(src).absolute()
-        if out == src or src in out.parents or out in src.parents:
+        src = Path(src).resolve()
+        if real_out == src or src in real_out.parents or real_out in src.parents:
             raise UserError(f"{out}: output must not be inside or contain the source {src}; choose another OUT")
     if out.exists() and not overwrite:
         raise UserError(f"{out}: already exists; pass --overwrite to replace it or choose another OUT")
