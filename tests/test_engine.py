@@ -63,3 +63,13 @@ def test_candidate_scales_are_normalized_and_finite() -> None:
     assert torch.isfinite(s).all()
     assert torch.allclose(s.max() * s.min(), torch.tensor(1.0), rtol=1e-5)
     assert torch.equal(candidate_scales(x_mean, None, 0.0), torch.ones(4))
+
+
+def test_clip_search_samples_the_same_tokens_as_the_concatenation() -> None:
+    from tts_awq.quantize.search import search_clip
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(n, 128, generator=g) for n in (300, 17, 450, 211)]
+    w = torch.randn(64, 128, generator=g)
+    every_other = torch.cat(xs)[:: (978 // 512)]
+    assert torch.equal(search_clip(w, xs, 4, 128), search_clip(w, [every_other], 4, 128, n_sample_tokens=10**9))

@@ -81,14 +81,9 @@ class DecoderRunner:
     @torch.no_grad()
     def run_module(self, module: nn.Module, xs: Sequence[torch.Tensor], attention: bool) -> Activations:
         """Run a sub-module (attention block, MLP or Linear) per sequence."""
-        outs = []
-        for x in xs:
-            if attention:
-                out = module(x[None], **self.attention_kwargs(x.shape[0]))[0][0]
-            else:
-                out = module(x)
-            outs.append(out)
-        return outs
+        if not attention:  # token-wise modules: one call over every token, then split back per sequence
+            return list(module(torch.cat(list(xs))).split([x.shape[0] for x in xs]))
+        return [module(x[None], **self.attention_kwargs(x.shape[0]))[0][0] for x in xs]
 
 
 @torch.no_grad()

@@ -98,9 +98,14 @@ def search_clip(
 ) -> torch.Tensor:
     """Per output channel and group, the max |w| (shrunk by up to ``max_shrink``) minimizing the MSE of the
     group's partial dot products on sampled tokens. Returns ``[out, in // group_size, 1]``."""
-    x = torch.cat(xs, dim=0).float()
-    step = max(1, x.shape[0] // n_sample_tokens)
-    x = x[::step]
+    total = sum(int(x.shape[0]) for x in xs)
+    step = max(1, total // n_sample_tokens)
+    picked, offset = [], 0
+    for seq in xs:  # every step-th token of the concatenation, without materializing it
+        first = (-offset) % step
+        picked.append(seq[first::step].float())
+        offset += int(seq.shape[0])
+    x = torch.cat(picked, dim=0)
     n_tokens, in_features = x.shape
     x = x.reshape(1, n_tokens, in_features // group_size, group_size)
     w_all = weight.float().reshape(weight.shape[0], 1, in_features // group_size, group_size)
