@@ -19,7 +19,7 @@ N_GRID = 20
 @dataclass(frozen=True)
 class ScaleResult:
     scales: torch.Tensor  # [in_features], float32
-    ratio: float
+    ratio: float  # -1.0 means "no scaling" won (identity scales)
     loss: float
     loss_identity: float  # loss with scales == 1 (plain RTN of the group)
 
@@ -83,6 +83,10 @@ def search_scales(
             best = ScaleResult(scales=scales, ratio=ratio, loss=loss, loss_identity=0.0)
     assert best is not None
     identity = loss_for(torch.ones_like(x_mean))
+    if identity <= best.loss:
+        # Unlike AutoAWQ's grid (whose ratio 0 is not s = 1 under duo scaling), never pick scales that do worse
+        # than no scaling on the calibration loss: weights already on a 4-bit grid would otherwise lose to RTN.
+        return ScaleResult(torch.ones_like(x_mean), -1.0, identity, identity)
     return ScaleResult(best.scales, best.ratio, best.loss, identity)
 
 
