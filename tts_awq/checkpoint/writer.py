@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tts_awq.checkpoint.store import INDEX_NAME, SAFETENSORS_FROM_DTYPE, WEIGHTS_NAME
+from tts_awq.checkpoint.store import SAFETENSORS_FROM_DTYPE, WEIGHTS_NAME
 
 DEFAULT_MAX_SHARD_BYTES = 4 << 30
 
@@ -129,7 +129,3 @@ class ShardedWriter:
             (self.out_dir / self._index_name).write_text(json.dumps(index, indent=2) + "\n")
             names.append(self._index_name)
         return names
-
-
-def weight_file_names() -> tuple[str, str]:
-    return WEIGHTS_NAME, INDEX_NAME

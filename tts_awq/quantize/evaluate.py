@@ -66,14 +66,3 @@ def relative_error(reference: Activations, test: Activations) -> float:
     num = sum(float((t.double() - r.double()).pow(2).sum()) for r, t in zip(reference, test, strict=True))
     den = sum(float(r.double().pow(2).sum()) for r in reference)
     return (num / max(den, 1e-30)) ** 0.5
-
-
-def kl_and_agreement(reference: Activations, test: Activations) -> dict[str, float]:
-    """Mean KL(ref || test) per token and top-1 agreement."""
-    ref = torch.cat(reference).double()
-    tst = torch.cat(test).double()
-    logp = F.log_softmax(ref, -1)
-    logq = F.log_softmax(tst, -1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
-    top1 = (ref.argmax(-1) == tst.argmax(-1)).double().mean()
-    return {"kl_mean": float(kl.mean()), "top1_agreement": float(top1)}

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import re
 from collections.abc import Callable, Mapping
@@ -77,7 +78,7 @@ def parse_model_spec(text: str) -> tuple[str, float]:
 
 
 @dataclass
-class _Input:
+class _Input(abc.ABC):
     role: str
     spec: str
     path: Path
@@ -93,11 +94,13 @@ class _Input:
                 )
             self.names[canon] = own
 
+    @abc.abstractmethod
     def meta(self, canon: str) -> tuple[torch.dtype, tuple[int, ...]]:
-        raise NotImplementedError
+        """dtype and shape of a tensor, by canonical name."""
 
+    @abc.abstractmethod
     def get(self, canon: str) -> torch.Tensor:
-        raise NotImplementedError
+        """The tensor itself, by canonical name."""
 
 
 class _DirInput(_Input):
