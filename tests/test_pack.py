@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from tts_awq.quantize.int4 import dequantize, fake_quantize, quantize, rtn
-from tts_awq.quantize.linear import AwqInt4Linear
 from tts_awq.quantize.pack import AWQ_ORDER, dequantize_gemm, pack_gemm, unpack_gemm
 
 
@@ -75,18 +74,3 @@ def test_quantize_matches_awq_formula_and_error_bound() -> None:
     assert torch.allclose(rtn(w), qw.dequantize(), atol=0, rtol=0)
     # the search-time fake quantizer differs only by the fp16 rounding of the scale (at most one step)
     assert float(((fake_quantize(w) - qw.dequantize()).abs() / scale.float()[:, None]).max()) <= 1.0
-
-
-def test_int4_linear_forward_matches_dense_and_cached_mode() -> None:
-    torch.manual_seed(2)
-    w = torch.randn(64, 256) * 0.1
-    qw = quantize(w, 4, 128)
-    x = torch.randn(3, 256)
-    for cached in (False, True):
-        module = AwqInt4Linear.from_quantized(qw)
-        module.cached_dequant = cached
-        out = module(x)
-        assert torch.allclose(out, x @ qw.dequantize().t(), atol=1e-5)
-        assert torch.allclose(module(x), out)
-    bf = AwqInt4Linear.from_quantized(qw)(x.bfloat16())
-    assert bf.dtype == torch.bfloat16

@@ -111,13 +111,18 @@ def test_same_seed_gives_byte_identical_package(darwin: Path, package: Path, tmp
     assert hash_tree(package, files) == hash_tree(again, files)
 
 
-def test_load_quantized_synthesizes(package: Path) -> None:
-    tts = tts_awq.load_quantized(package, device="cpu")
+@pytest.mark.parametrize("kernel", ["auto", "int4mm", "dequant"])
+def test_load_quantized_synthesizes_with_each_kernel(package: Path, kernel: str) -> None:
+    from tts_awq.offload import HostEmbedding
     from tts_awq.quantize.linear import AwqInt4Linear
 
+    tts = tts_awq.load_quantized(package, device="cpu", kernel=kernel, text_embedding_device="cpu")
     layer0 = tts.model.talker.model.layers[0]
     assert isinstance(layer0.mlp.down_proj, AwqInt4Linear)
+    assert layer0.mlp.down_proj.kernel == ("dequant" if kernel == "dequant" else "int4mm")
+    assert tts.tts_awq_kernels == {layer0.mlp.down_proj.kernel: 7 * 4}
     assert isinstance(tts.model.talker.code_predictor.lm_head[0], torch.nn.Linear)
+    assert isinstance(tts.model.talker.model.text_embedding, HostEmbedding)
     wav, sr = read_voice(load_voice_clips()[0])
     torch.manual_seed(0)
     wavs, out_sr = tts.generate_voice_clone(text="Hello there.", language="english", ref_audio=(wav, sr),
@@ -127,9 +132,35 @@ def test_load_quantized_synthesizes(package: Path) -> None:
     assert np.isfinite(audio).all() and 0 < audio.size <= 16 * 1920 and audio.size % 1920 == 0
 
 
+def test_resident_bytes_by_component(package: Path) -> None:
+    tts = tts_awq.load_quantized(package, device="cpu", dtype="bfloat16", kernel="int4mm")
+    report = tts.tts_awq_bytes
+    assert set(report) == {"cpu"}
+    parts = report["cpu"]
+    assert set(parts) >= {"talker_int4_linears", "talker_other", "text_embedding", "code_predictor", "codec",
+                          "speaker_encoder"}
+    store = TensorStore(package)
+    qweight_bytes = sum(store.info(n).numel * 4 for n in store.keys() if n.endswith(".qweight"))
+    scale_elems = sum(store.info(n).numel for n in store.keys() if n.endswith(".scales"))
+    # 4-bit codes (as many bytes as qweight) + a bfloat16 scale and zero per group and output channel
+    assert parts["talker_int4_linears"] == qweight_bytes + scale_elems * 2 * 2
+    assert parts["text_embedding"] == 151936 * store.info("talker.model.text_embedding.weight").shape[1] * 2
+
+
+def test_bad_kernel_and_device_are_one_line_errors(package: Path) -> None:
+    from tts_awq.errors import UserError
+
+    with pytest.raises(UserError, match="kernel='fast': expected one of auto, int4mm, dequant"):
+        tts_awq.load_quantized(package, kernel="fast")
+    with pytest.raises(UserError, match="not a torch device"):
+        tts_awq.load_quantized(package, text_embedding_device="gpu0")
+
+
 def test_loaded_talker_matches_package_dequantization(package: Path, eval_inputs: list[torch.Tensor]) -> None:
-    """The INT4 modules in the loaded model compute exactly what the packed tensors say."""
-    tts = tts_awq.load_quantized(package, device="cpu", dtype="float32")
+    """The INT4 modules in the loaded model compute exactly what the packed tensors say (dequant kernel), and the
+    int4 kernel within bfloat16 tolerance."""
+    tts = tts_awq.load_quantized(package, device="cpu", dtype="float32", kernel="dequant")
+    fast = tts_awq.load_quantized(package, device="cpu", dtype="float32", kernel="int4mm")
     store = TensorStore(package)
     spec = detect_layout(package).decoder
     expected = stack_logits(store, spec, eval_inputs[:2], layer_tensors(store, spec))
@@ -139,6 +170,8 @@ def test_loaded_talker_matches_package_dequantization(package: Path, eval_inputs
             hidden = talker.model(inputs_embeds=x[None]).last_hidden_state[0]
             logits = talker.codec_head(hidden)
             assert torch.allclose(logits, ref, atol=1e-4, rtol=1e-4)
+            fast_hidden = fast.model.talker.model(inputs_embeds=x[None]).last_hidden_state[0]
+            assert relative_error([ref], [fast.model.talker.codec_head(fast_hidden)]) < 3e-2
 
 
 def test_extracted_decoder_equals_talker(darwin: Path, eval_inputs: list[torch.Tensor]) -> None:

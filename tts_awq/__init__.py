@@ -9,8 +9,13 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_quantized"]
 
 
-def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, cached_dequant: bool = False) -> Any:
+def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, kernel: str = "auto",
+                   text_embedding_device: str | None = None, cached_dequant: bool = False) -> Any:
     """Load a tts-awq INT4 package as a working ``qwen_tts.Qwen3TTSModel``.
+
+    ``kernel``: ``"auto"`` (torch's int4 kernel wherever it runs, else dequant, with one logged reason),
+    ``"int4mm"`` (error if it cannot run) or ``"dequant"``. ``text_embedding_device="cpu"`` keeps the 0.6 GB
+    text embedding in host memory on a GPU run.
 
     Example::
 
@@ -21,4 +26,5 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, cached_deq
     """
     from tts_awq.loading import load_quantized as _load
 
-    return _load(path, device=device, dtype=dtype, cached_dequant=cached_dequant)
+    return _load(path, device=device, dtype=dtype, kernel=kernel, text_embedding_device=text_embedding_device,
+                 cached_dequant=cached_dequant)

@@ -18,6 +18,9 @@ from torch import nn
 from tts_awq.checkpoint import TensorStore, detect_layout, resolve_source
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
 from tts_awq.errors import UserError
+from tts_awq.memory import component_bytes, format_bytes
+from tts_awq.offload import HostEmbedding
+from tts_awq.quantize.kernels import KERNELS
 from tts_awq.quantize.linear import AwqInt4Linear
 
 log = logging.getLogger(__name__)
@@ -74,12 +77,50 @@ def _reset_rope_buffers(model: nn.Module, device: str) -> int:
     return count
 
 
-def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, cached_dequant: bool = False) -> Any:
-    """Return a ``qwen_tts.Qwen3TTSModel`` for a tts-awq package directory (or Hub id)."""
+def prepare_int4_linears(model: nn.Module, kernel: str) -> dict[str, int]:
+    """Convert every AwqInt4Linear to its runtime kernel on its current device; log each fallback reason once."""
+    from tqdm.auto import tqdm
+
+    counts: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    modules = [m for m in model.modules() if isinstance(m, AwqInt4Linear)]
+    for module in tqdm(modules, desc=f"INT4 kernels ({kernel})", unit="linear", disable=len(modules) < 50):
+        chosen = module.prepare(kernel)
+        counts[chosen] = counts.get(chosen, 0) + 1
+        if module.kernel_reason:
+            reasons[module.kernel_reason] = reasons.get(module.kernel_reason, 0) + 1
+    for reason, n in reasons.items():
+        log.warning("kernel=auto: %d INT4 linear(s) use the dequant kernel: %s", n, reason)
+    return counts
+
+
+def _check_options(device: str, kernel: str, text_embedding_device: str | None) -> None:
+    if kernel not in KERNELS:
+        raise UserError(f"kernel={kernel!r}: expected one of {', '.join(KERNELS)}")
+    for name, value in (("device", device), ("text_embedding_device", text_embedding_device)):
+        if value is None:
+            continue
+        try:
+            dev = torch.device(value)
+        except RuntimeError as exc:
+            raise UserError(f"{name}={value!r}: not a torch device (use 'cpu' or 'cuda[:N]')") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"{name}={value!r}: CUDA is not available on this machine; use 'cpu'")
+
+
+def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, kernel: str = "auto",
+                   text_embedding_device: str | None = None, cached_dequant: bool = False) -> Any:
+    """Return a ``qwen_tts.Qwen3TTSModel`` for a tts-awq package directory (or Hub id).
+
+    ``kernel``: see :class:`AwqInt4Linear`. ``text_embedding_device="cpu"`` keeps the talker's text embedding in
+    host memory (only looked-up rows travel). The returned object carries ``tts.tts_awq_kernels`` (kernel counts)
+    and ``tts.tts_awq_bytes`` (``{device: {component: bytes}}``, see :func:`tts_awq.memory.component_bytes`).
+    """
     from transformers import AutoProcessor
 
     from tts_awq.qwen_tts_compat import qwen_tts_classes
 
+    _check_options(device, kernel, text_embedding_device)
     source = resolve_source(path, what="package")
     root = source.path
     layout = detect_layout(root)
@@ -124,8 +165,12 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, cached_deq
     still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if still_meta:
         raise RuntimeError(f"tensors left uninitialised after loading: {still_meta[:5]}")
+    if text_embedding_device is not None:
+        talker_model = model.talker.model
+        talker_model.text_embedding = HostEmbedding.from_embedding(talker_model.text_embedding, text_embedding_device)
     model.to(device)
     model.eval()
+    kernels_used = prepare_int4_linears(model, kernel)
 
     speech_tokenizer = classes.Qwen3TTSTokenizer.from_pretrained(
         str(root / CODEC_DIR), dtype=torch_dtype, device_map=device
@@ -135,4 +180,8 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, cached_deq
     defaults = json.loads(generation_config.read_text(encoding="utf-8")) if generation_config.is_file() else {}
     model.load_generate_config(defaults)
     processor = AutoProcessor.from_pretrained(str(root), fix_mistral_regex=True)
-    return classes.Qwen3TTSModel(model=model, processor=processor, generate_defaults=model.generate_config)
+    tts = classes.Qwen3TTSModel(model=model, processor=processor, generate_defaults=model.generate_config)
+    tts.tts_awq_kernels = kernels_used
+    tts.tts_awq_bytes = component_bytes(tts)
+    log.info("INT4 kernels %s; resident %s", kernels_used, format_bytes(tts.tts_awq_bytes))
+    return tts

@@ -159,8 +159,9 @@ def load_side(side: Side, device: str) -> Side:
         if side.quantized:
             from tts_awq.loading import load_quantized
 
-            # cached_dequant: every INT4 Linear dequantizes once instead of at each decode step (same numbers).
-            tts = load_quantized(side.root, device=device, dtype=dtype, cached_dequant=True)
+            # kernel="dequant" + cached_dequant: exact (q - z) * s in the model dtype, dequantized once, so the
+            # measured difference is the quantization itself (int4mm would add its bfloat16 activations).
+            tts = load_quantized(side.root, device=device, dtype=dtype, kernel="dequant", cached_dequant=True)
         else:
             from tts_awq.quantize.calibration import load_tts_model
 
