@@ -1,7 +1,11 @@
-"""Bytes held by a loaded Qwen3-TTS model, per component and device (what decides whether it fits a GPU)."""
+"""Memory accounting: bytes held by a loaded Qwen3-TTS model per component and device (what decides whether it
+fits a GPU), and this process's resident set size."""
 
 from __future__ import annotations
 
+import os
+import resource
+import sys
 from typing import Any
 
 import torch
@@ -14,6 +18,7 @@ from tts_awq.quantize.linear import AwqInt4Linear
 COMPONENTS = (
     ("text_embedding", "talker.model.text_embedding."),
     ("code_predictor", "talker.code_predictor."),
+    ("talker_layers_other", "talker.model.layers."),  # dense tensors of the decoder layers (norms; BF16 linears)
     ("talker_other", "talker."),
     ("speaker_encoder", "speaker_encoder."),
     ("other", ""),
@@ -68,3 +73,17 @@ def format_bytes(report: dict[str, dict[str, int]]) -> str:
         inner = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(components.items()))
         parts.append(f"{device}: {total / 2**20:.1f} MiB ({inner})")
     return "; ".join(parts)
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (Linux ``/proc``), else the peak so far."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

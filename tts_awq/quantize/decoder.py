@@ -33,10 +33,13 @@ def _classes(model_type: str) -> tuple[type[nn.Module], type[nn.Module], type[nn
 
 
 class DecoderRunner:
-    """Builds decoder layers from tensors and runs them causally over variable-length sequences."""
+    """Builds decoder layers from tensors and runs them causally over variable-length sequences, batched:
+    sequences are sorted by length and right-padded into batches of at most ``max_batch_tokens`` rows."""
 
-    def __init__(self, spec: DecoderSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, spec: DecoderSpec, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 max_batch_tokens: int = 16384):
         self.spec = spec
+        self.max_batch_tokens = max_batch_tokens
         self.device = torch.device(device)
         self.dtype = dtype
         self.config = spec.transformers_config()
@@ -65,28 +68,108 @@ class DecoderRunner:
         return self._pe_cache[length]
 
     def attention_kwargs(self, length: int) -> dict[str, object]:
-        # attention_mask=None with sdpa means causal attention over the whole (unpadded) sequence.
+        # attention_mask=None with sdpa means causal attention. Batches are right-padded, so every real row
+        # attends only to real rows before it: its output is exactly the unpadded sequence's.
         return {"position_embeddings": self.position_embeddings(length), "attention_mask": None}
 
+    def plan(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Batches of sequence indices, longest first, each padded batch within ``max_batch_tokens``."""
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= self.max_batch_tokens:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+
+    def _batched(self, call: Callable[[torch.Tensor], torch.Tensor], xs: Sequence[torch.Tensor],
+                 on_batch: Callable[[list[int], list[int]], None] | None = None) -> Activations:
+        """Run ``call`` on right-padded batches of ``xs`` and split the outputs back per sequence."""
+        lengths = [int(x.shape[0]) for x in xs]
+        outs: list[torch.Tensor | None] = [None] * len(xs)
+        for batch in self.plan(lengths):
+            sizes = [lengths[i] for i in batch]
+            padded = torch.nn.utils.rnn.pad_sequence([xs[i] for i in batch], batch_first=True)
+            if on_batch:
+                on_batch(batch, sizes)
+            out = call(padded)
+            for row, (i, n) in enumerate(zip(batch, sizes, strict=True)):
+                outs[i] = out[row, :n]
+        return outs  # type: ignore[return-value]
+
     @torch.no_grad()
-    def run_layer(self, layer: nn.Module, xs: Sequence[torch.Tensor]) -> Activations:
-        outs = []
-        for x in xs:
-            kwargs = self.attention_kwargs(x.shape[0])
-            ids = torch.arange(x.shape[0], device=self.device)[None]
-            out = layer(x[None], position_ids=ids, **kwargs)
-            outs.append((out[0] if isinstance(out, tuple) else out)[0])
-        return outs
+    def run_layer(self, layer: nn.Module, xs: Sequence[torch.Tensor],
+                  on_batch: Callable[[list[int], list[int]], None] | None = None) -> Activations:
+        def call(batch: torch.Tensor) -> torch.Tensor:
+            length = batch.shape[1]
+            ids = torch.arange(length, device=self.device)[None]
+            out = layer(batch, position_ids=ids, **self.attention_kwargs(length))
+            return out[0] if isinstance(out, tuple) else out
+
+        return self._batched(call, xs, on_batch)
 
     @torch.no_grad()
     def run_module(self, module: nn.Module, xs: Sequence[torch.Tensor], attention: bool) -> Activations:
-        """Run a sub-module (attention block, MLP or Linear) per sequence."""
+        """Run a sub-module (attention block, MLP or Linear) over every sequence."""
         if not attention:  # token-wise modules: one call over every token, then split back per sequence
             return list(module(torch.cat(list(xs))).split([x.shape[0] for x in xs]))
-        return [module(x[None], **self.attention_kwargs(x.shape[0]))[0][0] for x in xs]
+        return self._batched(lambda b: module(b, **self.attention_kwargs(b.shape[1]))[0], xs)
+
+
+def _first(value: object) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple) else value  # type: ignore[return-value]
 
 
 @torch.no_grad()
+def run_layer_recording(
+    runner: DecoderRunner,
+    layer: nn.Module,
+    xs: Sequence[torch.Tensor],
+    inputs: Sequence[str] = (),
+    outputs: Sequence[str] = (),
+    keep: Callable[[torch.Tensor], torch.Tensor] = lambda t: t.detach().clone(),
+) -> tuple[dict[str, Activations], dict[str, Activations], Activations]:
+    """Run ``layer`` over ``xs`` recording the inputs and outputs of named sub-modules, per sequence (in the
+    order of ``xs``). Returns (inputs, outputs, layer outputs).
+
+    Recorded tensors are cloned by default: q/k/v (and gate/up) receive the very same tensor, and a later
+    in-place change to one must never leak into another.
+    """
+    n = len(xs)
+    recorded: dict[tuple[str, str], list[torch.Tensor | None]] = {}
+    current: dict[str, list[int]] = {"batch": [], "sizes": []}
+
+    def record(key: tuple[str, str], value: torch.Tensor) -> None:
+        slots = recorded.setdefault(key, [None] * n)
+        for row, (i, size) in enumerate(zip(current["batch"], current["sizes"], strict=True)):
+            slots[i] = keep(value[row, :size] if value.dim() == 3 else value[:size])
+
+    handles = []
+    for name in inputs:
+        def pre_hook(_m: nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
+            record(("in", name), args[0])
+
+        handles.append(layer.get_submodule(name).register_forward_pre_hook(pre_hook))
+    for name in outputs:
+        def post_hook(_m: nn.Module, _a: object, out: object, name: str = name) -> None:
+            record(("out", name), _first(out))
+
+        handles.append(layer.get_submodule(name).register_forward_hook(post_hook))
+
+    def on_batch(batch: list[int], sizes: list[int]) -> None:
+        current["batch"], current["sizes"] = batch, sizes
+
+    try:
+        layer_out = runner.run_layer(layer, xs, on_batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    got_in = {name: list(recorded.get(("in", name), [])) for name in inputs}
+    got_out = {name: list(recorded.get(("out", name), [])) for name in outputs}
+    return got_in, got_out, layer_out  # type: ignore[return-value]
+
+
 def run_layer_capturing(
     runner: DecoderRunner,
     layer: nn.Module,
@@ -95,31 +178,12 @@ def run_layer_capturing(
     capture: str = "input",
     keep: Callable[[torch.Tensor], torch.Tensor] = lambda t: t.detach().clone(),
 ) -> tuple[dict[str, Activations], Activations]:
-    """Run ``layer`` over ``xs`` recording the input (or output) of each named sub-module, per sequence.
-
-    Inputs are cloned by default: q/k/v (and gate/up) receive the very same tensor, and a later in-place change
-    to one must never leak into another.
-    """
-    captured: dict[str, Activations] = {name: [] for name in names}
-    handles = []
-    for name in names:
-        module = layer.get_submodule(name)
-        if capture == "input":
-            def pre_hook(_m: nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
-                captured[name].append(keep(args[0][0]))
-
-            handles.append(module.register_forward_pre_hook(pre_hook))
-        else:
-            def post_hook(_m: nn.Module, _a: object, out: torch.Tensor, name: str = name) -> None:
-                captured[name].append(keep(out[0]))
-
-            handles.append(module.register_forward_hook(post_hook))
-    try:
-        outputs = runner.run_layer(layer, xs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured, outputs
+    """Run ``layer`` over ``xs`` recording the input (or output) of each named sub-module, per sequence."""
+    if capture == "input":
+        got, _, out = run_layer_recording(runner, layer, xs, inputs=names, keep=keep)
+    else:
+        _, got, out = run_layer_recording(runner, layer, xs, outputs=names, keep=keep)
+    return got, out
 
 
 def stack_hidden_states(

@@ -17,7 +17,8 @@ from torch import nn
 from tts_awq.checkpoint.layout import DECODER_LINEARS, DecoderSpec
 from tts_awq.checkpoint.store import TensorStore
 from tts_awq.errors import UserError
-from tts_awq.quantize.decoder import Activations, DecoderRunner, run_layer_capturing
+from tts_awq.memory import current_rss_bytes
+from tts_awq.quantize.decoder import Activations, DecoderRunner, run_layer_recording
 from tts_awq.quantize.int4 import check_group_size, quantize
 from tts_awq.quantize.pack import pack_gemm
 from tts_awq.quantize.scale_groups import CAPTURED_INPUTS, LINEAR_INPUT, NO_CLIP, groups_for
@@ -83,16 +84,21 @@ def quantize_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, opt
                    ) -> tuple[dict[str, torch.Tensor], dict[str, object], Activations]:
     """Returns (final float weights per Linear + changed norms, stats, next layer's input)."""
     start = time.perf_counter()
-    inputs, next_xs = run_layer_capturing(runner, layer, xs, CAPTURED_INPUTS)
+    groups = groups_for(layer) if options.method == "awq" else []
+    # One forward of the full-precision layer records every Linear input and, as the searches' reference,
+    # every inspected module's output (so no grid search re-runs the unmodified module).
+    inputs, references, next_xs = run_layer_recording(
+        runner, layer, xs, inputs=CAPTURED_INPUTS, outputs=sorted({g.inspect for g in groups}))
     stats: dict[str, object] = {}
     if options.method == "awq":
         searched = []
-        for group in groups_for(layer):
+        for group in groups:
             weights = [layer.get_submodule(n).weight.data for n in group.linears]
             forward = _forward_with(runner, layer, group.linears, group.inspect, group.attention,
                                     inputs[LINEAR_INPUT[group.input_of]])
             result = search_scales(weights, inputs[LINEAR_INPUT[group.input_of]], forward, options.bits,
-                                   options.group_size, options.duo_scaling, options.n_grid)
+                                   options.group_size, options.duo_scaling, options.n_grid,
+                                   reference=references.pop(group.inspect))
             searched.append((group, result))
             stats[f"scale.{group.prev}"] = {"ratio": result.ratio, "loss": result.loss,
                                             "loss_rtn": result.loss_identity}
@@ -121,6 +127,7 @@ def quantize_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, opt
                 stats[f"clip.{name}"] = float((clipped != module.weight.data).float().mean())
                 module.weight.data = clipped
     stats["seconds"] = round(time.perf_counter() - start, 3)
+    stats["rss_mb"] = round(current_rss_bytes() / 2**20, 1)  # calibration activations + this layer + search
     weights = {name: t for name, t in layer.state_dict().items()}
     return weights, stats, next_xs
 
