@@ -73,3 +73,59 @@ def test_clip_search_samples_the_same_tokens_as_the_concatenation() -> None:
     w = torch.randn(64, 128, generator=g)
     every_other = torch.cat(xs)[:: (978 // 512)]
     assert torch.equal(search_clip(w, xs, 4, 128), search_clip(w, [every_other], 4, 128, n_sample_tokens=10**9))
+
+
+def test_batched_layer_equals_one_sequence_at_a_time(layer_setup) -> None:  # type: ignore[no-untyped-def]
+    """Right-padded batches give each real row exactly its unpadded sequence's output (causal attention)."""
+    runner, tensors, xs = layer_setup
+    layer = runner.build_layer(dict(tensors), 0)
+    small = DecoderRunner(runner.spec, max_batch_tokens=1)  # every sequence alone: the independent reference
+    assert small.plan([24, 17, 31]) == [[2], [0], [1]]
+    assert runner.plan([24, 17, 31]) == [[2, 0, 1]]
+    alone, batched = small.run_layer(layer, xs), runner.run_layer(layer, xs)
+    for a, b, x in zip(alone, batched, xs, strict=True):
+        assert a.shape == b.shape == x.shape
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    attn = layer.get_submodule("self_attn")
+    for a, b in zip(small.run_module(attn, xs, True), runner.run_module(attn, xs, True), strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_plan_respects_the_token_budget() -> None:
+    from types import SimpleNamespace
+
+    plan = DecoderRunner.plan(SimpleNamespace(max_batch_tokens=100), [10, 50, 40, 30, 5, 50])  # type: ignore[arg-type]
+    assert sorted(i for b in plan for i in b) == list(range(6))
+    lengths = [10, 50, 40, 30, 5, 50]
+    for batch in plan:
+        assert max(lengths[i] for i in batch) * len(batch) <= 100 or len(batch) == 1
+    assert plan[0] == [1, 5]  # longest first, ties by index: deterministic
+
+
+def test_clip_search_matches_the_elementwise_formula() -> None:
+    """The batched-matmul clip search picks what AutoAWQ's elementwise [out, tokens, groups, group] form picks."""
+    from tts_awq.quantize.int4 import fake_quantize
+    from tts_awq.quantize.search import search_clip
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(96, 256, generator=g)
+    x[:, :4] *= 10
+    w = torch.randn(48, 256, generator=g) * 0.05
+    w[:, 7] *= 20  # outliers that clipping should cut
+    group = 64
+    xr = x.reshape(1, 96, 4, group)
+    wr = w.reshape(48, 1, 4, group)
+    org_max = wr.abs().amax(dim=-1, keepdim=True)
+    best, min_err = org_max.clone(), torch.full_like(org_max, float("inf"))
+    org_out = (xr * wr).sum(-1)
+    for i in range(10):
+        max_val = org_max * (1 - i / 20)
+        q = fake_quantize(torch.clamp(wr, -max_val, max_val).reshape(48, 256), 4, group).reshape(wr.shape)
+        err = ((xr * q).sum(-1) - org_out).pow(2).mean(dim=1).view(min_err.shape)
+        better = err < min_err
+        min_err[better], best[better] = err[better], max_val[better]
+    ours = search_clip(w, [x], 4, group)
+    assert ours.shape == (48, 4, 1)
+    agree = (ours == best.squeeze(1)).float().mean()
+    assert agree >= 0.97, float(agree)  # ties between shrink steps may break differently in float32 sums
+    assert (ours < org_max.squeeze(1)).any()  # something was clipped
