@@ -1,6 +1,7 @@
-"""Tiny random-weight checkpoints built with the real qwen-tts / transformers classes (tests and smoke runs).
+"""Random-weight checkpoints built with the real qwen-tts / transformers classes (tests, smoke runs, benchmarks).
 
-Three directories mirror the real pipeline at toy scale (docs/qwen3-tts-checkpoint.md, section 10):
+Three directories mirror the real pipeline (docs/qwen3-tts-checkpoint.md, section 10), at the sizes of a
+:class:`~tts_awq.presets.Preset` (``tiny`` by default, ``1.7b`` for the real Qwen3-TTS-12Hz-1.7B-Base shapes):
 
 * ``tiny-tts-base``: a Qwen3-TTS-12Hz "base" checkpoint (talker, code predictor, speaker encoder, 12 Hz codec,
   byte-level text tokenizer with every special token at its real id). Hidden sizes are multiples of 128 so the
@@ -8,21 +9,31 @@ Three directories mirror the real pipeline at toy scale (docs/qwen3-tts-checkpoi
 * ``tiny-qwen3-lm``: a ``Qwen3ForCausalLM`` with exactly the talker's decoder shape (stands in for Qwen3-1.7B).
 * ``tiny-darwin``: the Darwin-style FFN blend of the two (:func:`tts_awq.upstream.blend.blend_ffn`).
 
-Everything is deterministic in the seed: two builds give byte-identical ``model.safetensors``.
+The tiny preset materializes each model with the library init and ``save_pretrained`` (the historical recipe).
+Streamed presets (``1.7b``) build the module tree on the meta device for the exact state-dict plan, then generate
+every tensor from its own seeded generator directly in BF16 and write it through :class:`ShardedWriter`, so peak
+memory is about one tensor. The codec is the tiny one in every preset (:data:`tts_awq.presets.CODEC_NOTE`).
+
+Everything is deterministic in the seed: two builds give byte-identical weight files.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tts_awq.checkpoint import atomic_output_dir, read_json, sha256_file, write_json
+from tts_awq.checkpoint import ShardedWriter, atomic_output_dir, read_json, sha256_file, write_json
+from tts_awq.checkpoint.store import INDEX_NAME, WEIGHTS_NAME
+from tts_awq.presets import CODEC_NOTE, TINY, Preset, get_preset
 from tts_awq.provenance import Provenance
 
 if TYPE_CHECKING:
@@ -32,35 +43,21 @@ log = logging.getLogger(__name__)
 
 #: Bump when the recipe changes, so cached tiny builds are rebuilt.
 TINY_FORMAT_VERSION = 1
+#: The same for the streamed recipe (every preset but tiny).
+STREAMED_FORMAT_VERSION = 1
 
 #: ``transformers_version`` written into every config.json: <= 4.57.2 (and a non-Mistral model_type) makes
 #: ``_patch_mistral_regex`` keep the Qwen pre-tokenizer when qwen-tts loads with ``fix_mistral_regex=True``
 #: (docs section 9.3); a fixed value also keeps the files independent of the installed transformers.
 TINY_TRANSFORMERS_VERSION = "4.57.2"
 
-TTS_DIR = "tiny-tts-base"
-LM_DIR = "tiny-qwen3-lm"
-DARWIN_DIR = "tiny-darwin"
-_MARKER = ".tiny-darwin.json"
+TTS_DIR, LM_DIR, DARWIN_DIR = TINY.dir_names
 
 SAMPLE_RATE = 24000
 SAMPLES_PER_FRAME = 1920
 
 #: The decoder shape shared by the tiny talker and the tiny Qwen3 LM.
-DECODER = {
-    "hidden_size": 128,
-    "intermediate_size": 384,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 32,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 1000000.0,
-    "max_position_embeddings": 32768,
-    "hidden_act": "silu",
-    "attention_bias": False,
-    "initializer_range": 0.02,
-}
+DECODER = TINY.decoder
 
 CODEC_IDS = {
     "codec_pad_id": 2148,
@@ -166,50 +163,38 @@ _LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_at
 # --------------------------------------------------------------------------------------------- configs
 
 
-def tiny_tts_config_kwargs() -> dict[str, Any]:
-    """Keyword arguments of ``Qwen3TTSConfig`` for the tiny base model (plain dicts, as qwen-tts requires)."""
+def tts_config_kwargs(preset: Preset | str = TINY) -> dict[str, Any]:
+    """Keyword arguments of ``Qwen3TTSConfig`` for ``preset``'s base model (plain dicts, as qwen-tts requires)."""
+    preset = get_preset(preset)
     talker = {
         "vocab_size": 3072,
-        **DECODER,
-        "rope_scaling": {"rope_type": "default", "mrope_section": [6, 5, 5], "interleaved": True},
+        **preset.decoder,
+        "rope_scaling": {
+            "rope_type": "default",
+            "mrope_section": list(preset.mrope_section),
+            "interleaved": True,
+        },
         "num_code_groups": 16,
-        "text_hidden_size": 64,
+        "text_hidden_size": preset.text_hidden_size,
         "text_vocab_size": TEXT_VOCAB_SIZE,
         "position_id_per_seconds": 13,
         **CODEC_IDS,
         "spk_id": {},
         "spk_is_dialect": {},
         "codec_language_id": dict(CODEC_LANGUAGE_ID),
-        "code_predictor_config": {
-            "vocab_size": 2048,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "rope_theta": 1000000.0,
-            "max_position_embeddings": 65536,
-            "num_code_groups": 16,
-            "rms_norm_eps": 1e-6,
-        },
+        "code_predictor_config": dict(preset.code_predictor),
     }
     speaker = {
         "mel_dim": 128,  # hard-coded in extract_speaker_embedding
-        "enc_dim": DECODER["hidden_size"],  # the x-vector is used as a talker input row
-        "enc_channels": [32, 32, 32, 32, 96],
-        "enc_kernel_sizes": [5, 3, 3, 3, 1],
-        "enc_dilations": [1, 2, 3, 4, 1],
-        "enc_attention_channels": 16,
-        "enc_res2net_scale": 4,
-        "enc_se_channels": 16,
+        "enc_dim": preset.decoder["hidden_size"],  # the x-vector is used as a talker input row
+        **copy.deepcopy(preset.speaker_encoder),
         "sample_rate": SAMPLE_RATE,
     }
     return {
         "talker_config": talker,
         "speaker_encoder_config": speaker,
         "tokenizer_type": "qwen3_tts_tokenizer_12hz",
-        "tts_model_size": "tiny",
+        "tts_model_size": preset.tts_model_size,
         "tts_model_type": "base",
         "im_start_token_id": 151644,
         "im_end_token_id": 151645,
@@ -217,6 +202,11 @@ def tiny_tts_config_kwargs() -> dict[str, Any]:
         "tts_bos_token_id": 151672,
         "tts_eos_token_id": 151673,
     }
+
+
+def tiny_tts_config_kwargs() -> dict[str, Any]:
+    """Keyword arguments of ``Qwen3TTSConfig`` for the tiny base model."""
+    return tts_config_kwargs(TINY)
 
 
 def tiny_codec_config_kwargs() -> dict[str, Any]:
@@ -266,19 +256,60 @@ def tiny_codec_config_kwargs() -> dict[str, Any]:
     }
 
 
-def tiny_lm_config_kwargs(vocab_size: int = 1024) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _LMTokenizerSpec:
+    n_regular: int  # id of the first added token
+    specials: tuple[tuple[str, bool], ...]
+    eos: str
+    pad: str
+    max_len: int
+    bos_id: int
+    eos_id: int
+
+
+def _lm_tokenizer_spec(preset: Preset) -> _LMTokenizerSpec:
+    if preset.lm_tokenizer == "tail":
+        specials = _lm_specials(preset.lm_vocab_size)
+        end = specials["<|endoftext|>"]
+        return _LMTokenizerSpec(
+            min(specials.values()), tuple((name, True) for name in specials), "<|endoftext|>", "<|endoftext|>",
+            32768, end, end,
+        )  # fmt: skip
+    if preset.lm_tokenizer == "qwen3":  # Qwen3-1.7B: specials 151643 (<|endoftext|>) .. 151668 (</think>)
+        specials = TEXT_SPECIALS[: [name for name, _ in TEXT_SPECIALS].index("</think>") + 1]
+        if TEXT_FIRST_SPECIAL_ID + len(specials) > preset.lm_vocab_size:
+            raise ValueError(f"preset {preset.name}: lm_vocab_size {preset.lm_vocab_size} < Qwen3's specials")
+        return _LMTokenizerSpec(
+            TEXT_FIRST_SPECIAL_ID, specials, "<|im_end|>", "<|endoftext|>", 131072,
+            TEXT_FIRST_SPECIAL_ID, TEXT_FIRST_SPECIAL_ID + 2,
+        )  # fmt: skip
+    raise ValueError(f"preset {preset.name}: unknown lm_tokenizer {preset.lm_tokenizer!r}")
+
+
+def lm_config_kwargs(preset: Preset | str = TINY) -> dict[str, Any]:
     """``Qwen3Config`` kwargs for the stand-in of Qwen3-1.7B (tied embeddings, like the real one)."""
-    specials = _lm_specials(vocab_size)
+    preset = get_preset(preset)
+    spec = _lm_tokenizer_spec(preset)
     return {
-        **DECODER,
-        "vocab_size": vocab_size,
+        **preset.decoder,
+        "vocab_size": preset.lm_vocab_size,
         "rope_scaling": None,
         "tie_word_embeddings": True,
         "use_sliding_window": False,
-        "max_window_layers": DECODER["num_hidden_layers"],
-        "bos_token_id": specials["<|endoftext|>"],
-        "eos_token_id": specials["<|endoftext|>"],
+        "max_window_layers": preset.decoder["num_hidden_layers"],
+        "bos_token_id": spec.bos_id,
+        "eos_token_id": spec.eos_id,
+        **preset.lm_overrides,
     }
+
+
+def tiny_lm_config_kwargs(vocab_size: int = 1024) -> dict[str, Any]:
+    """``Qwen3Config`` kwargs for the tiny stand-in of Qwen3-1.7B."""
+    from dataclasses import replace
+
+    return lm_config_kwargs(
+        TINY if vocab_size == TINY.lm_vocab_size else replace(TINY, lm_vocab_size=vocab_size)
+    )
 
 
 # --------------------------------------------------------------------------------------------- tokenizers
@@ -388,7 +419,7 @@ def salient_channels(seed: int, hidden_size: int = DECODER["hidden_size"]) -> li
 @torch.no_grad()
 def _plant_salience(layers: Any, seed: int, std: float) -> dict[str, Any]:
     """Inflate fixed channels of both RMSNorms of every layer and give every decoder Linear a heavy tail."""
-    channels = salient_channels(seed)
+    channels = salient_channels(seed, int(layers[0].input_layernorm.weight.shape[0]))
     generator = torch.Generator().manual_seed(2_000_003 + seed)
     index = torch.tensor(channels)
     gains = []
@@ -475,45 +506,296 @@ def _fix_config_json(path: Path, drop_speaker_model_type: bool = False) -> None:
     write_json(path, config)
 
 
-def _decoder_sizes() -> dict[str, int]:
-    return {k: int(v) for k, v in DECODER.items() if k.endswith(("_size", "_layers", "_heads", "head_dim"))}
+def _decoder_sizes(preset: Preset = TINY) -> dict[str, int]:
+    return {
+        k: int(v) for k, v in preset.decoder.items() if k.endswith(("_size", "_layers", "_heads", "head_dim"))
+    }
+
+
+# --------------------------------------------------------------------------------------------- streamed weights
+
+
+def meta_tts_model(preset: Preset | str = TINY) -> Any:
+    """``Qwen3TTSForConditionalGeneration`` for ``preset`` on the meta device (shapes only, nothing allocated)."""
+    from tts_awq.qwen_tts_compat import qwen_tts_classes
+
+    qt = qwen_tts_classes()
+    with torch.device("meta"):
+        return qt.Qwen3TTSForConditionalGeneration(qt.Qwen3TTSConfig(**tts_config_kwargs(preset))).eval()
+
+
+def meta_lm_model(preset: Preset | str = TINY) -> Any:
+    """``Qwen3ForCausalLM`` for ``preset`` on the meta device (tied ``lm_head``, like Qwen3-1.7B)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    with torch.device("meta"):
+        return Qwen3ForCausalLM(Qwen3Config(**lm_config_kwargs(preset))).eval()
+
+
+def weight_plan(
+    model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """What ``save_pretrained`` would write for ``model``: every parameter once (tied weights under their first
+    name) and every persistent buffer, floating tensors as ``dtype``, in state-dict order."""
+    plan = {name: (dtype, tuple(p.shape)) for name, p in model.named_parameters()}
+    transient = {
+        f"{prefix}.{buffer}" if prefix else buffer
+        for prefix, module in model.named_modules()
+        for buffer in module._non_persistent_buffers_set
+    }
+    for name, buffer in model.named_buffers():
+        if name not in transient:
+            plan[name] = (dtype if buffer.dtype.is_floating_point else buffer.dtype, tuple(buffer.shape))
+    return plan
+
+
+def plan_parameters(plan: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> int:
+    return sum(math.prod(shape) for _, shape in plan.values())
+
+
+def _tensor_generator(seed: int, name: str) -> torch.Generator:
+    """A generator seeded from (seed, tensor name): each tensor is independent of the order they are made in."""
+    digest = hashlib.sha256(f"tts-awq-random/{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+_SALIENT_NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight")
+_LINEAR_WEIGHTS = tuple(f"{name}.weight" for name in _LINEARS)
+
+
+@dataclass
+class _Recipe:
+    """How :func:`_random_tensor` fills a checkpoint: init std, the decoder layers that get planted salience
+    (``layer_prefix``), the salient channels, and an optional (tensor, row) whose row is scaled by EOS_ROW_GAIN."""
+
+    seed: int
+    std: float
+    layer_prefix: str
+    channels: list[int]
+    eos_row: tuple[str, int] | None = None
+    norm_gains: dict[str, list[float]] = field(default_factory=dict)
+
+    def layer_part(self, name: str) -> tuple[int, str] | None:
+        if not name.startswith(self.layer_prefix):
+            return None
+        index, _, rest = name[len(self.layer_prefix) :].partition(".")
+        return (int(index), rest) if index.isdigit() else None
+
+    def salience(self, num_layers: int) -> dict[str, Any]:
+        """Provenance entry in the tiny recipe's format (norm gains in layer order, input before post-attn)."""
+        gains = [
+            self.norm_gains[f"{self.layer_prefix}{layer}.{norm}"]
+            for layer in range(num_layers)
+            for norm in _SALIENT_NORMS
+        ]
+        return {
+            "channels": self.channels,
+            "norm_gains": gains,
+            "heavy_tail_fraction": HEAVY_TAIL_FRACTION,
+            "heavy_tail_sigma": list(HEAVY_TAIL_SIGMA),
+        }
+
+
+@torch.no_grad()
+def _random_tensor(name: str, dtype: torch.dtype, shape: tuple[int, ...], recipe: _Recipe) -> torch.Tensor:
+    """One tensor, generated directly in ``dtype``: biases 0, 1-D weights (RMSNorms) 1 with the salient channels
+    of the decoder-layer norms raised to a gain in SALIENT_GAIN, matrices N(0, std) with a heavy tail in the
+    decoder-layer Linears (the tiny recipe's salience, drawn per tensor)."""
+    if name.endswith(".bias") or not dtype.is_floating_point:
+        return torch.zeros(shape, dtype=dtype)
+    layer = recipe.layer_part(name)
+    if len(shape) == 1:
+        tensor = torch.ones(shape, dtype=dtype)
+        if layer is not None and layer[1] in _SALIENT_NORMS:
+            generator = _tensor_generator(recipe.seed, name)
+            low, high = SALIENT_GAIN
+            gain = low + (high - low) * torch.rand(len(recipe.channels), generator=generator)
+            tensor[torch.tensor(recipe.channels)] = gain.to(dtype)
+            recipe.norm_gains[name] = [round(float(g), 3) for g in gain]
+        return tensor
+    generator = _tensor_generator(recipe.seed, name)
+    tensor = torch.empty(shape, dtype=dtype).normal_(0.0, recipe.std, generator=generator)
+    if layer is not None and layer[1] in _LINEAR_WEIGHTS:
+        flat = tensor.view(-1)
+        count = max(1, int(flat.numel() * HEAVY_TAIL_FRACTION))
+        # unique(): with a repeated index, which write wins in flat[where] = ... is unspecified (not deterministic)
+        where = torch.randint(0, flat.numel(), (count,), generator=generator).unique()
+        count = where.numel()
+        low, high = HEAVY_TAIL_SIGMA
+        magnitude = (low + (high - low) * torch.rand(count, generator=generator)) * recipe.std
+        sign = torch.randint(0, 2, (count,), generator=generator) * 2 - 1
+        flat[where] = (sign * magnitude).to(dtype)
+    if recipe.eos_row is not None and name == recipe.eos_row[0]:
+        row = recipe.eos_row[1]
+        tensor[row] = (tensor[row].float() * EOS_ROW_GAIN).to(dtype)
+    return tensor
+
+
+def _stream_weights(
+    out: Path,
+    plan: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+    recipe: _Recipe,
+    max_shard_bytes: int | None,
+    what: str,
+) -> list[str]:
+    """Generate and write every planned tensor, one at a time; returns the weight file names."""
+    total_bytes = sum(math.prod(shape) * dtype.itemsize for dtype, shape in plan.values())
+    writer = ShardedWriter(
+        out, plan, metadata={"format": "pt"}, max_shard_bytes=max_shard_bytes or total_bytes + 1
+    )
+    done, next_report, start = 0, 0.25, time.perf_counter()
+    try:
+        for name in plan:
+            dtype, shape = plan[name]
+            tensor = _random_tensor(name, dtype, shape, recipe)
+            writer.write(name, tensor)
+            done += tensor.numel() * tensor.element_size()
+            del tensor
+            if done >= next_report * total_bytes:
+                log.info(
+                    "%s: %.0f%% of %.2f GB written (%.0fs)",
+                    what,
+                    100 * done / total_bytes,
+                    total_bytes / 1e9,
+                    time.perf_counter() - start,
+                )
+                while next_report * total_bytes <= done:
+                    next_report += 0.25
+    except BaseException:
+        try:
+            writer.close()
+        except ValueError:  # "never written": the original error matters
+            pass
+        raise
+    return writer.close()
+
+
+def _save_meta_config(model: Any, out: Path, *, generation_config: bool) -> None:
+    """config.json (and generation_config.json) as ``model.save_pretrained`` would write them for BF16 weights."""
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = torch.bfloat16
+    model.config.save_pretrained(str(out))
+    if generation_config and getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(out))
+
+
+def _stream_tts_model(tmp: Path, preset: Preset, seed: int) -> tuple[int, dict[str, Any]]:
+    model = meta_tts_model(preset)
+    plan = weight_plan(model)
+    _save_meta_config(model, tmp, generation_config=False)
+    recipe = _Recipe(
+        seed=seed,
+        std=float(model.config.talker_config.initializer_range),
+        layer_prefix="talker.model.layers.",
+        channels=salient_channels(seed, preset.decoder["hidden_size"]),
+        eos_row=("talker.codec_head.weight", CODEC_IDS["codec_eos_token_id"]),
+    )
+    del model
+    log.info(
+        "streaming %s TTS weights: %.1f M params, %d tensors",
+        preset.name,
+        plan_parameters(plan) / 1e6,
+        len(plan),
+    )
+    _stream_weights(tmp, plan, recipe, preset.tts_max_shard_bytes, f"{preset.name} TTS")
+    return plan_parameters(plan), recipe.salience(preset.decoder["num_hidden_layers"])
+
+
+def _stream_lm_model(tmp: Path, preset: Preset, seed: int) -> tuple[int, dict[str, Any]]:
+    model = meta_lm_model(preset)
+    plan = weight_plan(model)
+    model.generation_config.do_sample = False  # a random LM: greedy output is the useful default
+    _save_meta_config(model, tmp, generation_config=True)
+    recipe = _Recipe(
+        seed=seed,
+        std=float(model.config.initializer_range),
+        layer_prefix="model.layers.",
+        channels=salient_channels(seed, preset.decoder["hidden_size"]),
+    )
+    del model
+    log.info(
+        "streaming %s Qwen3 LM weights: %.1f M params, %d tensors",
+        preset.name, plan_parameters(plan) / 1e6, len(plan),
+    )  # fmt: skip
+    _stream_weights(tmp, plan, recipe, preset.lm_max_shard_bytes, f"{preset.name} LM")
+    return plan_parameters(plan), recipe.salience(preset.decoder["num_hidden_layers"])
 
 
 # --------------------------------------------------------------------------------------------- builders
 
 
-def build_tiny_tts(out: Path, seed: int = 0, *, overwrite: bool = False) -> Path:
-    """Build a tiny Qwen3-TTS-12Hz base checkpoint at ``out`` (BF16 ``model.safetensors``, FP32 codec).
+def _identity(preset: Preset) -> dict[str, Any]:
+    """What, besides the seed (and alpha), names a build: the tiny preset keeps its historical marker and
+    provenance fields; every other preset adds its name and fingerprint."""
+    if preset == TINY:
+        return {"format_version": TINY_FORMAT_VERSION}
+    return {
+        "format_version": STREAMED_FORMAT_VERSION if preset.streamed else TINY_FORMAT_VERSION,
+        "preset": preset.name,
+        "preset_fingerprint": preset.fingerprint(),
+    }
 
-    Deterministic in ``seed``. Reload with ``Qwen3TTSModel.from_pretrained(out, dtype=torch.float32,
-    device_map="cpu", attn_implementation="sdpa")``.
-    """
-    from transformers import EncodecFeatureExtractor
 
-    from tts_awq.qwen_tts_compat import qwen_tts_classes
+def _stage(preset: Preset, what: str) -> str:
+    return f"tiny-{what}" if preset == TINY else f"random-{what}"
 
-    qt = qwen_tts_classes()
+
+def _materialize_tts_model(tmp: Path, preset: Preset, seed: int, qt: Any) -> tuple[int, dict[str, Any]]:
+    """The tiny recipe: library init under ``torch.manual_seed(seed)``, planted salience, ``save_pretrained``."""
+    torch.manual_seed(seed)
+    config = qt.Qwen3TTSConfig(**tts_config_kwargs(preset))
+    model = qt.Qwen3TTSForConditionalGeneration(config).eval()
+    salience = _plant_salience(model.talker.model.layers, seed, config.talker_config.initializer_range)
+    with torch.no_grad():
+        model.talker.codec_head.weight[CODEC_IDS["codec_eos_token_id"]] *= EOS_ROW_GAIN
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(tmp, safe_serialization=True)
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    return params, salience
+
+
+def _write_codec(codec_dir: Path, seed: int) -> int:
+    """The tiny 12 Hz codec (FP32) with its feature extractor and ModelScope file; returns its parameter count."""
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
     from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
+    from transformers import EncodecFeatureExtractor
 
+    torch.manual_seed(seed + 7919)
+    codec = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**tiny_codec_config_kwargs())).eval()
+    _randomize_codebooks(codec)
+    _rescale_codec_decoder(codec, seed)
+    codec.save_pretrained(codec_dir, safe_serialization=True)
+    codec_params = sum(p.numel() for p in codec.parameters())
+    del codec
+    _fix_config_json(codec_dir / "config.json")
+    EncodecFeatureExtractor(
+        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, return_attention_mask=True
+    ).save_pretrained(str(codec_dir))
+    (codec_dir / "configuration.json").write_text(json.dumps(CODEC_CONFIGURATION), encoding="utf-8")
+    return codec_params
+
+
+def build_tts(out: Path, seed: int = 0, *, overwrite: bool = False, preset: Preset | str = TINY) -> Path:
+    """Build a random Qwen3-TTS-12Hz base checkpoint of ``preset``'s size at ``out`` (BF16 weights, FP32 tiny
+    codec). Deterministic in ``seed``. Reload with ``Qwen3TTSModel.from_pretrained(out, dtype=...,
+    device_map="cpu", attn_implementation="sdpa")``."""
+    from tts_awq.qwen_tts_compat import qwen_tts_classes
+
+    preset = get_preset(preset)
+    qt = qwen_tts_classes()
     start = time.perf_counter()
+    identity = _identity(preset)
     provenance = Provenance(
-        stage="tiny-tts", parameters={"seed": seed, "format_version": TINY_FORMAT_VERSION}
+        stage=_stage(preset, "tts"),
+        parameters={"seed": seed, "format_version": identity.pop("format_version"), **identity},
     )
     with atomic_output_dir(Path(out), overwrite=overwrite) as tmp, torch.random.fork_rng(devices=[]):
         with provenance.timed("model"):
-            torch.manual_seed(seed)
-            config = qt.Qwen3TTSConfig(**tiny_tts_config_kwargs())
-            model = qt.Qwen3TTSForConditionalGeneration(config).eval()
-            salience = _plant_salience(
-                model.talker.model.layers, seed, config.talker_config.initializer_range
-            )
-            with torch.no_grad():
-                model.talker.codec_head.weight[CODEC_IDS["codec_eos_token_id"]] *= EOS_ROW_GAIN
-            model = model.to(torch.bfloat16)
-            model.save_pretrained(tmp, safe_serialization=True)
-            params = sum(p.numel() for p in model.parameters())
-            del model
+            if preset.streamed:
+                params, salience = _stream_tts_model(tmp, preset, seed)
+            else:
+                params, salience = _materialize_tts_model(tmp, preset, seed, qt)
         _fix_config_json(tmp / "config.json", drop_speaker_model_type=True)
         (tmp / "generation_config.json").write_text(
             json.dumps(GENERATION_DEFAULTS, indent=2), encoding="utf-8"
@@ -533,23 +815,11 @@ def build_tiny_tts(out: Path, seed: int = 0, *, overwrite: bool = False) -> Path
             _mirror_real_tokenizer_files(tmp)
 
         with provenance.timed("codec"):
-            torch.manual_seed(seed + 7919)
-            codec_dir = tmp / "speech_tokenizer"
-            codec = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**tiny_codec_config_kwargs())).eval()
-            _randomize_codebooks(codec)
-            _rescale_codec_decoder(codec, seed)
-            codec.save_pretrained(codec_dir, safe_serialization=True)
-            codec_params = sum(p.numel() for p in codec.parameters())
-            del codec
-            _fix_config_json(codec_dir / "config.json")
-            EncodecFeatureExtractor(
-                feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, return_attention_mask=True
-            ).save_pretrained(str(codec_dir))
-            (codec_dir / "configuration.json").write_text(json.dumps(CODEC_CONFIGURATION), encoding="utf-8")
+            codec_params = _write_codec(tmp / "speech_tokenizer", seed)
 
         provenance.parameters.update(
             {
-                "talker": _decoder_sizes(),
+                "talker": _decoder_sizes(preset),
                 "parameters": params,
                 "codec_parameters": codec_params,
                 "salience": salience,
@@ -557,9 +827,76 @@ def build_tiny_tts(out: Path, seed: int = 0, *, overwrite: bool = False) -> Path
                 "transformers_version_pinned": TINY_TRANSFORMERS_VERSION,
             }
         )
+        if preset != TINY:
+            provenance.parameters["codec_note"] = CODEC_NOTE
+        provenance.write(tmp)
+    if preset != TINY:
+        log.info("%s TTS: %s (%.1f M codec params)", preset.name, CODEC_NOTE, codec_params / 1e6)
+    log.info(
+        "built %s TTS (seed %d, %.1f M params) at %s in %.1fs",
+        preset.name,
+        seed,
+        params / 1e6,
+        out,
+        time.perf_counter() - start,
+    )
+    return Path(out)
+
+
+def build_tiny_tts(out: Path, seed: int = 0, *, overwrite: bool = False) -> Path:
+    """Build a tiny Qwen3-TTS-12Hz base checkpoint at ``out`` (BF16 ``model.safetensors``, FP32 codec).
+
+    Deterministic in ``seed``. Reload with ``Qwen3TTSModel.from_pretrained(out, dtype=torch.float32,
+    device_map="cpu", attn_implementation="sdpa")``.
+    """
+    return build_tts(out, seed, overwrite=overwrite, preset=TINY)
+
+
+def _materialize_lm_model(tmp: Path, preset: Preset, seed: int) -> tuple[int, dict[str, Any]]:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(**lm_config_kwargs(preset))
+    model = Qwen3ForCausalLM(config).eval()
+    salience = _plant_salience(model.model.layers, seed, config.initializer_range)
+    model = model.to(torch.bfloat16)
+    model.generation_config.do_sample = False  # a random LM: greedy output is the useful default
+    model.save_pretrained(tmp, safe_serialization=True)
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    return params, salience
+
+
+def build_qwen3_lm(out: Path, seed: int = 1, *, overwrite: bool = False, preset: Preset | str = TINY) -> Path:
+    """Build a random ``Qwen3ForCausalLM`` with ``preset``'s talker decoder shape (BF16, byte-level tokenizer)."""
+    preset = get_preset(preset)
+    start = time.perf_counter()
+    spec = _lm_tokenizer_spec(preset)
+    identity = _identity(preset)
+    provenance = Provenance(
+        stage=_stage(preset, "qwen3-lm"),
+        parameters={"seed": seed, "format_version": identity.pop("format_version"), **identity},
+    )
+    with atomic_output_dir(Path(out), overwrite=overwrite) as tmp, torch.random.fork_rng(devices=[]):
+        with provenance.timed("model"):
+            if preset.streamed:
+                params, salience = _stream_lm_model(tmp, preset, seed)
+            else:
+                params, salience = _materialize_lm_model(tmp, preset, seed)
+        _fix_config_json(tmp / "config.json")
+        with provenance.timed("tokenizer"):
+            tokenizer = _build_tokenizer(
+                tmp / ".tokenizer-work", spec.n_regular, spec.specials, spec.eos, spec.pad, spec.max_len
+            )
+            (tmp / ".tokenizer-work").rmdir()
+            tokenizer.save_pretrained(str(tmp))
+        provenance.parameters.update(
+            {"decoder": _decoder_sizes(preset), "parameters": params, "salience": salience}
+        )
         provenance.write(tmp)
     log.info(
-        "built tiny TTS (seed %d, %.1f M params) at %s in %.1fs",
+        "built %s Qwen3 LM (seed %d, %.2f M params) at %s in %.1fs",
+        preset.name,
         seed,
         params / 1e6,
         out,
@@ -570,94 +907,89 @@ def build_tiny_tts(out: Path, seed: int = 0, *, overwrite: bool = False) -> Path
 
 def build_tiny_qwen3_lm(out: Path, seed: int = 1, *, overwrite: bool = False) -> Path:
     """Build a tiny ``Qwen3ForCausalLM`` with the tiny talker's decoder shape (BF16, byte-level tokenizer)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    return build_qwen3_lm(out, seed, overwrite=overwrite, preset=TINY)
 
-    start = time.perf_counter()
-    kwargs = tiny_lm_config_kwargs()
-    provenance = Provenance(
-        stage="tiny-qwen3-lm", parameters={"seed": seed, "format_version": TINY_FORMAT_VERSION}
-    )
-    with atomic_output_dir(Path(out), overwrite=overwrite) as tmp, torch.random.fork_rng(devices=[]):
-        with provenance.timed("model"):
-            torch.manual_seed(seed)
-            config = Qwen3Config(**kwargs)
-            model = Qwen3ForCausalLM(config).eval()
-            salience = _plant_salience(model.model.layers, seed, config.initializer_range)
-            model = model.to(torch.bfloat16)
-            model.generation_config.do_sample = False  # a random LM: greedy output is the useful default
-            model.save_pretrained(tmp, safe_serialization=True)
-            params = sum(p.numel() for p in model.parameters())
-            del model
-        _fix_config_json(tmp / "config.json")
-        with provenance.timed("tokenizer"):
-            specials = _lm_specials(kwargs["vocab_size"])
-            tokenizer = _build_tokenizer(
-                tmp / ".tokenizer-work",
-                min(specials.values()),
-                tuple((name, True) for name in specials),
-                "<|endoftext|>",
-                "<|endoftext|>",
-                32768,
-            )
-            (tmp / ".tokenizer-work").rmdir()
-            tokenizer.save_pretrained(str(tmp))
-        provenance.parameters.update(
-            {"decoder": _decoder_sizes(), "parameters": params, "salience": salience}
+
+def weights_digest(path: Path) -> str | dict[str, str] | None:
+    """sha256 of a checkpoint's weights: one hex string for ``model.safetensors``, ``{shard: hex}`` for a
+    sharded checkpoint, None when there are none."""
+    path = Path(path)
+    if (path / WEIGHTS_NAME).is_file():
+        return sha256_file(path / WEIGHTS_NAME)
+    if not (path / INDEX_NAME).is_file():
+        return None
+    try:
+        shards = sorted(
+            set(json.loads((path / INDEX_NAME).read_text(encoding="utf-8"))["weight_map"].values())
         )
-        provenance.write(tmp)
-    log.info(
-        "built tiny Qwen3 LM (seed %d, %.2f M params) at %s in %.1fs",
-        seed,
-        params / 1e6,
-        out,
-        time.perf_counter() - start,
-    )
-    return Path(out)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        return None
+    if not all((path / shard).is_file() for shard in shards):
+        return None
+    return {shard: sha256_file(path / shard) for shard in shards}
 
 
-def _marker_matches(root: Path, expected: dict[str, Any], paths: dict[str, Path]) -> bool:
-    marker = root / _MARKER
+def _marker_matches(marker: Path, expected: dict[str, Any], paths: dict[str, Path]) -> bool:
     if not marker.is_file():
         return False
     try:
         recorded = json.loads(marker.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    if {k: recorded.get(k) for k in expected} != expected:
+    if not isinstance(recorded, dict) or {k: recorded.get(k) for k in expected} != expected:
         return False
     hashes = recorded.get("model_sha256", {})
     for name, path in paths.items():
-        weights = path / "model.safetensors"
-        if not (path / "config.json").is_file() or not weights.is_file():
+        if not (path / "config.json").is_file():
             return False
-        if hashes.get(name) != sha256_file(weights):
+        digest = weights_digest(path)
+        if digest is None or hashes.get(name) != digest:
             return False
     return True
 
 
-def build_tiny_darwin(root: Path, seed: int = 0, alpha: float = 0.03) -> dict[str, Path]:
-    """Build (or reuse) ``root/{tiny-tts-base, tiny-qwen3-lm, tiny-darwin}``; returns the three paths by name.
+def build_darwin(
+    root: Path, seed: int = 0, alpha: float = 0.03, preset: Preset | str = TINY
+) -> dict[str, Path]:
+    """Build (or reuse) ``preset``'s three directories under ``root`` (``tiny-tts-base``, ``tiny-qwen3-lm``,
+    ``tiny-darwin`` for the tiny preset); returns the three paths by directory name, in that order.
 
-    The TTS model uses ``seed``, the LM ``seed + 1``; the blend uses ``alpha``. A marker file in ``root`` (seed,
-    alpha, recipe version, weight hashes) decides whether an existing build can be reused.
+    The TTS model uses ``seed``, the LM ``seed + 1``; the blend uses ``alpha``. A marker file in ``root`` (preset,
+    seed, alpha, recipe version, weight hashes) decides whether an existing build can be reused.
     """
     from tts_awq.upstream.blend import blend_ffn, check_alpha
 
+    preset = get_preset(preset)
     alpha = check_alpha(alpha)
     root = Path(root)
-    paths = {TTS_DIR: root / TTS_DIR, LM_DIR: root / LM_DIR, DARWIN_DIR: root / DARWIN_DIR}
-    expected = {"format_version": TINY_FORMAT_VERSION, "seed": seed, "alpha": alpha}
-    if _marker_matches(root, expected, paths):
-        log.info("reusing tiny checkpoints in %s (seed %d, alpha %g)", root, seed, alpha)
+    paths = {name: root / name for name in preset.dir_names}
+    tts_path, lm_path, darwin_path = paths.values()
+    expected = {**_identity(preset), "seed": seed, "alpha": alpha}
+    if preset == TINY:  # the historical marker's key order
+        expected = {"format_version": TINY_FORMAT_VERSION, "seed": seed, "alpha": alpha}
+    if _marker_matches(root / preset.marker_name, expected, paths):
+        log.info("reusing %s checkpoints in %s (seed %d, alpha %g)", preset.name, root, seed, alpha)
         return paths
     root.mkdir(parents=True, exist_ok=True)
-    (root / _MARKER).unlink(missing_ok=True)
-    build_tiny_tts(paths[TTS_DIR], seed=seed, overwrite=True)
-    build_tiny_qwen3_lm(paths[LM_DIR], seed=seed + 1, overwrite=True)
-    blend_ffn(paths[TTS_DIR], paths[LM_DIR], alpha, paths[DARWIN_DIR], overwrite=True)
-    marker = {**expected, "model_sha256": {n: sha256_file(p / "model.safetensors") for n, p in paths.items()}}
-    write_json(root / _MARKER, marker)
+    (root / preset.marker_name).unlink(missing_ok=True)
+    build_tts(tts_path, seed=seed, overwrite=True, preset=preset)
+    build_qwen3_lm(lm_path, seed=seed + 1, overwrite=True, preset=preset)
+    blend_ffn(tts_path, lm_path, alpha, darwin_path, overwrite=True)
+    marker = {**expected, "model_sha256": {name: weights_digest(path) for name, path in paths.items()}}
+    write_json(root / preset.marker_name, marker)
     return paths
+
+
+def build_tiny_darwin(
+    root: Path, seed: int = 0, alpha: float = 0.03, preset: Preset | str = TINY
+) -> dict[str, Path]:
+    """Build (or reuse) ``root/{tiny-tts-base, tiny-qwen3-lm, tiny-darwin}``; returns the three paths by name.
+
+    The TTS model uses ``seed``, the LM ``seed + 1``; the blend uses ``alpha``. A marker file in ``root`` (seed,
+    alpha, recipe version, weight hashes) decides whether an existing build can be reused. ``preset`` picks
+    other sizes (see :func:`build_darwin`).
+    """
+    return build_darwin(root, seed, alpha, preset)
 
 
 def reference_wav(seconds: float = 1.5, seed: int = 0) -> np.ndarray:
