@@ -12,8 +12,8 @@ a) quantize-talker on the 1.7B-dim Darwin blend with small calibration: seconds 
 b) package size on disk vs the BF16 checkpoint, bits per weight (from the stored tensors);
 c) load time and peak RSS of ``tts_awq.load_quantized`` vs the BF16 checkpoint through qwen-tts;
 d) decode time per codec frame, prefill excluded: two generations of the same prompt and seed with ``F`` and
-   ``2F+2`` new frames; (t_long - t_short) / (frames_long - frames_short). Talker-only time comes from hooks on
-   ``talker.model`` (the 28-layer decoder) during decode steps. Variants: BF16 checkpoint in bf16 and fp32, INT4
+   ``2F+2`` new frames; (t_long - t_short) / (frames_long - frames_short). Talker-only time: the mean of the
+   decode steps of ``talker.model`` (the 28-layer decoder; one step per frame), timed by hooks. Variants: BF16 checkpoint in bf16 and fp32, INT4
    dequant and INT4 int4mm (bf16, and int4mm with fp32 non-INT4 parts);
 e) with ``--device cuda``: the same, plus ``torch.cuda.max_memory_allocated`` and device-resident bytes with the
    text embedding on the host.
@@ -144,7 +144,7 @@ def child_decode(kind: str, path: str, device: str, dtype: str, frames: int,
     talker_model.register_forward_hook(post, with_kwargs=True)
     wav, sr = read_voice(load_voice_clips()[0])
 
-    def generate(n: int) -> tuple[float, int, float]:
+    def generate(n: int) -> tuple[float, int, list[float]]:
         decode_times.clear()
         torch.manual_seed(0)
         start = time.perf_counter()
@@ -152,15 +152,15 @@ def child_decode(kind: str, path: str, device: str, dtype: str, frames: int,
                                            ref_audio=(wav, sr), x_vector_only_mode=True, max_new_tokens=n)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        return time.perf_counter() - start, int(np.asarray(wavs[0]).size // 1920), sum(decode_times)
+        return time.perf_counter() - start, int(np.asarray(wavs[0]).size // 1920), list(decode_times)
 
     generate(2)  # warm-up: kernels, allocator, lazy imports
-    t_short, f_short, talker_short = generate(frames)
-    t_long, f_long, talker_long = generate(2 * frames + 2)
+    t_short, f_short, _ = generate(frames)
+    t_long, f_long, steps = generate(2 * frames + 2)
     frames_delta = max(1, f_long - f_short)
     result = {
         "frame_s": (t_long - t_short) / frames_delta,
-        "talker_frame_s": (talker_long - talker_short) / frames_delta,
+        "talker_frame_s": sum(steps) / max(1, len(steps)),  # one talker decode step per frame
         "frames": [f_short, f_long],
         "bytes": _model_bytes(tts),
     }
@@ -196,9 +196,9 @@ def run_child(call: str, threads: int | None) -> dict:
     raise RuntimeError(f"{call} failed (exit {proc.returncode})")
 
 
-def ensure_checkpoints(root: Path) -> dict[str, Path]:
+def ensure_checkpoints(root: Path, preset: str) -> dict[str, Path]:
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_checkpoint.py"), str(root),
-                           "--preset", "1.7b"], stdout=subprocess.PIPE, text=True, check=True)
+                           "--preset", preset], stdout=subprocess.PIPE, text=True, check=True)
     paths = [Path(p) for p in proc.stdout.split()]
     by_name = {p.name: p for p in paths}
     darwin = next(p for p in paths if "darwin" in p.name)
@@ -212,6 +212,8 @@ def mib(n: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO / ".bench" / "scale", help="where the checkpoints live")
+    parser.add_argument("--preset", default="1.7b", choices=("1.7b", "tiny"),
+                        help="checkpoint dimensions (tiny: a smoke run of this script, says nothing about speed)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", default="quantize,load,decode")
     parser.add_argument("--n-samples", type=int, default=8)
@@ -223,11 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     cases = set(args.cases.split(","))
     dev = args.device
 
-    ckpt = ensure_checkpoints(args.root)
+    ckpt = ensure_checkpoints(args.root, args.preset)
     darwin = ckpt["darwin"]
     package = args.root / f"{darwin.name}-awq"
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; device {dev}; "
-             f"1.7B-dim random checkpoint `{darwin.name}` (talker 28 x 2048/6144, BF16); each case a fresh process.",
+             f"{args.preset} random checkpoint `{darwin.name}` (BF16); each case a fresh process.",
              ""]
     results: dict[str, dict] = {}
 

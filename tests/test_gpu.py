@@ -27,14 +27,49 @@ def cuda_package(tiny_root: dict[str, Path], tmp_path_factory: pytest.TempPathFa
 
 
 @cuda
-def test_cuda_package_loads_and_synthesizes(cuda_package: Path) -> None:
-    tts = tts_awq.load_quantized(cuda_package, device="cuda", dtype="bfloat16")
-    assert tts.model.talker.model.layers[0].mlp.up_proj.qweight.is_cuda
+@pytest.mark.parametrize("kernel", ["auto", "int4mm", "dequant"])
+def test_cuda_package_loads_and_synthesizes(cuda_package: Path, kernel: str) -> None:
+    from tts_awq.offload import HostEmbedding
+
+    major, _ = torch.cuda.get_device_capability()
+    if kernel == "int4mm" and major < 8:
+        pytest.skip("int4 tinygemm needs sm80+")
+    tts = tts_awq.load_quantized(cuda_package, device="cuda", dtype="bfloat16", kernel=kernel,
+                                 text_embedding_device="cpu")
+    up = tts.model.talker.model.layers[0].mlp.up_proj
+    assert up.kernel == ("dequant" if kernel == "dequant" or major < 8 else "int4mm")
+    assert all(t.is_cuda for t in up.buffers())
+    assert isinstance(tts.model.talker.model.text_embedding, HostEmbedding)
+    assert not tts.model.talker.model.text_embedding.weight.is_cuda
+    assert "text_embedding" not in tts.tts_awq_bytes.get("cuda:0", {})
     wav, sr = read_voice(load_voice_clips()[0])
     torch.manual_seed(0)
     wavs, out_sr = tts.generate_voice_clone(text="Hello.", language="english", ref_audio=(wav, sr),
                                             x_vector_only_mode=True, max_new_tokens=16)
     assert out_sr == 24000 and np.isfinite(wavs[0]).all() and wavs[0].size % 1920 == 0
+
+
+@cuda
+@pytest.mark.parametrize("shape", [(2048, 2048, 128), (6144, 2048, 128), (2048, 6144, 64), (1024, 2048, 32),
+                                   (512, 1024, 256)])
+def test_cuda_int4mm_matches_the_dequantized_weight(shape: tuple[int, int, int]) -> None:
+    from tts_awq.quantize.int4 import quantize
+    from tts_awq.quantize.linear import AwqInt4Linear
+    from tts_awq.quantize.pack import dequantize_gemm
+
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("int4 tinygemm needs sm80+")
+    out_features, in_features, group = shape
+    w = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(0)) * 0.05
+    for kernel in ("int4mm", "dequant"):
+        module = AwqInt4Linear.from_quantized(quantize(w, 4, group))
+        dense = dequantize_gemm(module.qweight, module.qzeros, module.scales, group, torch.float64)
+        module.to("cuda")
+        assert module.prepare(kernel) == kernel
+        x = torch.randn(3, in_features, device="cuda", dtype=torch.bfloat16)
+        ref = x.double().cpu() @ dense.t()
+        err = float((module(x).double().cpu() - ref).norm() / ref.norm())
+        assert err < 2e-2, (kernel, shape, err)
 
 
 @cuda
