@@ -28,7 +28,15 @@ import numpy as np
 
 from tts_awq.errors import UserError
 
-CALIB_DATA_DIR = Path(__file__).resolve().parent.parent / "calib_data"
+
+def _calib_data_dir() -> Path:
+    """``tts_awq/calib_data`` inside an installed wheel (package data), else the repository's ``calib_data/``."""
+    here = Path(__file__).resolve().parent
+    installed = here / "calib_data"
+    return installed if (installed / "calib.jsonl").is_file() else here.parent / "calib_data"
+
+
+CALIB_DATA_DIR = _calib_data_dir()
 VOICES_DIR = CALIB_DATA_DIR / "voices"
 
 #: Language names accepted by the Qwen3-TTS talker's ``codec_language_id`` (plus ``auto``).
