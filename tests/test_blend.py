@@ -235,3 +235,20 @@ def test_sharded_tts_source(tts: Path, llm: Path, tmp_path: Path) -> None:
     other = "talker.model.layers.1.self_attn.q_proj.weight"
     assert _bits(blended.get(other)) == _bits(src.get(other))
     assert not any(rel.startswith("model-") for rel in list_files(out))
+
+
+def test_readme_blend_command_forms_parse_and_run(tts: Path, llm: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`--alpha 0.03 OUT` and `--alpha 0 0.5 OUT/` (the README's forms) give OUT to OUT, not to --alpha."""
+    from tts_awq.cli import main
+
+    assert main(["blend", "--tts", str(tts), "--llm", str(llm), "--alpha", "0.03", str(tmp_path / "d3")]) == 0
+    assert json.loads((tmp_path / "d3" / "provenance.json").read_text())["parameters"]["alpha"] == 0.03
+    assert main(["blend", "--tts", str(tts), "--llm", str(llm), "--alpha", "0", "0.5", str(tmp_path / "sw")]) == 0
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["alpha-0", "alpha-0.5"]
+    capsys.readouterr()
+    assert main(["blend", "--tts", str(tts), "--llm", str(llm), "--alpha", "0.03"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "OUT is missing" in err[0]
+    assert main(["blend", "--tts", str(tts), "--llm", str(llm), "--alpha", "x", "0.1", str(tmp_path / "e")]) == 2
+    assert "alpha 'x' is not a number" in capsys.readouterr().err

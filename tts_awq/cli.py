@@ -55,14 +55,29 @@ def _run_quantize(args: argparse.Namespace) -> int:
 def _add_blend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tts", required=True, help="Qwen3-TTS checkpoint (dir or Hub id)")
     p.add_argument("--llm", required=True, help="Qwen3 causal LM whose FFN is lerped in (dir or Hub id)")
-    p.add_argument("--alpha", type=float, nargs="+", required=True, help="one value, or several for a sweep")
-    p.add_argument("out", type=Path)
+    p.add_argument("--alpha", nargs="+", required=True, metavar="A",
+                   help="one value, or several for a sweep; OUT may follow the values (--alpha 0.03 OUT)")
+    p.add_argument("out", type=Path, nargs="?", metavar="OUT")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run_blend)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _run_blend(args: argparse.Namespace) -> int:
-    from tts_awq.upstream.blend import blend_ffn, blend_sweep
+    from tts_awq.upstream.blend import blend_ffn, blend_sweep, check_alpha
+
+    if args.out is None and len(args.alpha) >= 2 and not _is_number(args.alpha[-1]):
+        args.out = Path(args.alpha.pop())  # `--alpha 0.03 OUT`: argparse gave OUT to the greedy --alpha
+    if args.out is None:
+        raise UserError("blend: OUT is missing; pass the output directory, e.g. `--alpha 0.03 darwin-3`")
+    args.alpha = [check_alpha(a) for a in args.alpha]
 
     if len(args.alpha) == 1:
         print(blend_ffn(args.tts, args.llm, args.alpha[0], args.out, overwrite=args.overwrite))
