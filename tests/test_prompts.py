@@ -303,3 +303,13 @@ def test_missing_voice_index_raises(tmp_path: Path) -> None:
 def test_calib_data_dir_is_repo_relative() -> None:
     assert CALIB_DATA_DIR == Path(P.__file__).resolve().parent.parent / "calib_data"
     assert (CALIB_DATA_DIR / "README.md").is_file()
+
+
+def test_unknown_language_is_refused_with_the_accepted_names(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "Hola.", "lang": "es"}\n{"text": "Dag.", "lang": "dutch"}\n', encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        load_prompts(path)
+    message = str(info.value)
+    assert "row 2" in message and "'dutch'" in message and "english" in message and "auto" in message
+    assert "\n" not in message

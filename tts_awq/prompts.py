@@ -225,7 +225,12 @@ def _to_prompts(rows: list[Mapping[str, Any]], where: str) -> list[Prompt]:
         seen.add(prompt_id)
         kind = row.get("kind")
         kind = str(kind).strip() if kind is not None and str(kind).strip() else "sentence"
-        prompts.append(Prompt(id=prompt_id, lang=normalize_lang(lang), text=text.strip(), kind=kind))
+        lang = normalize_lang(lang)
+        if lang != "auto" and lang not in LANGUAGES:
+            accepted = ", ".join((*LANGUAGES, "auto"))
+            raise UserError(f"{where}: row {index + 1} ('{prompt_id}') has unknown language {lang!r}; use one of "
+                            f"{accepted} (or a two-letter code such as 'en'), or leave 'lang' out for auto")
+        prompts.append(Prompt(id=prompt_id, lang=lang, text=text.strip(), kind=kind))
     if not prompts:
         raise _no_prompts(where)
     return prompts
