@@ -17,6 +17,7 @@ from torch import nn
 
 from tts_awq.checkpoint import TensorStore, detect_layout, resolve_source
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
+from tts_awq.checkpoint.store import require_finite
 from tts_awq.errors import UserError
 from tts_awq.memory import component_bytes, format_bytes
 from tts_awq.offload import HostEmbedding
@@ -75,6 +76,34 @@ def _reset_rope_buffers(model: nn.Module, device: str) -> int:
                 raise RuntimeError(f"RoPE inv_freq of {type(module).__name__} does not match 1/theta^(2i/d)")
             count += 1
     return count
+
+
+def _check_awq_tensors(root: Any, store: TensorStore, model: nn.Module, quantized: list[str],
+                       group_size: int) -> None:
+    """Cheap invariants before anything is loaded: every INT4 triple exists with the shapes ``config.json``'s
+    ``quantization_config`` implies, so an edited ``group_size`` or a swapped tensor is one line, not a
+    RuntimeError from ``load_state_dict``."""
+    config = root / "config.json"
+    for name in quantized:
+        module = model.get_submodule(name)
+        triple = {suffix: f"{name}.{suffix}" for suffix in ("qweight", "qzeros", "scales")}
+        absent = [key for key in triple.values() if key not in store]
+        if absent:
+            raise UserError(f"{root}: {absent[0]} is missing from the package; re-run quantize-talker")
+        infos = {suffix: store.info(key) for suffix, key in triple.items()}
+        groups = infos["scales"].shape[0] if len(infos["scales"].shape) == 2 else -1
+        if module.in_features % group_size or (groups > 0 and module.in_features // groups != group_size):
+            implied = module.in_features // groups if groups > 0 else "?"
+            raise UserError(f"{config}: quantization_config.group_size is {group_size} but {name}.scales "
+                            f"implies {implied}; restore config.json or re-run quantize-talker")
+        want = {"qweight": ((module.in_features, module.out_features // 8), "I32"),
+                "qzeros": ((module.in_features // group_size, module.out_features // 8), "I32"),
+                "scales": ((module.in_features // group_size, module.out_features), "F16")}
+        for suffix, (shape, dtype) in want.items():
+            info = infos[suffix]
+            if tuple(info.shape) != shape or info.dtype != dtype:
+                raise UserError(f"{root / info.file}: {triple[suffix]} is {info.dtype}{list(info.shape)}, expected "
+                                f"{dtype}{list(shape)} for AWQ GEMM at group size {group_size}; re-run quantize-talker")
 
 
 def prepare_int4_linears(model: nn.Module, kernel: str) -> dict[str, int]:
@@ -147,9 +176,16 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, kernel: st
     quantized = [n for i in range(spec.num_layers) for n in spec.linear_names(i)]
     with torch.device("meta"):
         model = classes.Qwen3TTSForConditionalGeneration(config)
-    swap_int4_linears(model, "", quantized, int(qconfig["group_size"]), cached_dequant)
+    group_size = qconfig.get("group_size")
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size <= 0 or group_size % 2:
+        raise UserError(f"{root / 'config.json'}: quantization_config.group_size {group_size!r} is not a positive "
+                        "even integer; restore config.json or re-run quantize-talker")
     store = TensorStore(root)
+    _check_awq_tensors(root, store, model, quantized, group_size)
+    swap_int4_linears(model, "", quantized, group_size, cached_dequant)
     state = {name: store.get(name) for name in store.keys()}
+    for name in (f"{n}.scales" for n in quantized):
+        require_finite(state[name], name, root / store.info(name).file)
     expected = set(model.state_dict().keys())
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)

@@ -156,9 +156,23 @@ class TensorStore:
             return torch.empty(info.shape, dtype=info.torch_dtype)
         return torch.frombuffer(buffer, dtype=info.torch_dtype).reshape(info.shape)
 
+    def get_finite(self, name: str) -> torch.Tensor:
+        """:meth:`get`, refusing a floating tensor that holds NaN or Inf (it would poison every later stage)."""
+        tensor = self.get(name)
+        require_finite(tensor, name, self.root / self._infos[name].file)
+        return tensor
+
     def get_prefix(self, prefix: str) -> dict[str, torch.Tensor]:
         """Every tensor whose name starts with ``prefix``, keyed by the rest of the name."""
         return {name[len(prefix) :]: self.get(name) for name in self.keys() if name.startswith(prefix)}
 
     def close(self) -> None:
         """Nothing stays open between reads; kept for API symmetry."""
+
+
+def require_finite(tensor: torch.Tensor, name: str, where: Path | str) -> None:
+    """One-line :class:`UserError` naming the tensor and file if a floating ``tensor`` holds NaN or Inf."""
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise UserError(f"{where}: tensor {name} holds {bad} non-finite value(s) (NaN/Inf); fix or re-download "
+                        "the checkpoint (nothing was written)")

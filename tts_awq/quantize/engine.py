@@ -140,6 +140,9 @@ def pack_layer(weights: dict[str, torch.Tensor], source_dtypes: dict[str, torch.
         linear = name.removesuffix(".weight")
         if linear in DECODER_LINEARS:
             qw = quantize(tensor.float().cpu(), options.bits, options.group_size)
+            if not bool(torch.isfinite(qw.scales).all()):
+                raise UserError(f"{linear}: a computed INT4 scale is not finite (weights beyond the fp16 range of "
+                                "AWQ scales); check the source weights")
             qweight, qzeros = pack_gemm(qw.q, qw.zeros)
             n_qweight, n_qzeros, n_scales = packed_names(linear)
             out[n_qweight], out[n_qzeros], out[n_scales] = qweight, qzeros, qw.scales.t().contiguous()
@@ -159,7 +162,7 @@ def run_awq(store: TensorStore, spec: DecoderSpec, xs: Activations, options: Awq
     for index in bar:
         prefix = f"{spec.layer_prefix}{index}."
         names = [n for n in store.keys() if n.startswith(prefix)]
-        tensors = {n[len(prefix):]: store.get(n) for n in names}
+        tensors = {n[len(prefix):]: store.get_finite(n) for n in names}
         dtypes = {rel: t.dtype for rel, t in tensors.items()}
         layer = runner.build_layer(tensors, index)
         del tensors

@@ -49,6 +49,15 @@ class QuantizeOptions:
     progress: bool = True
 
 
+def _check_finite(store: TensorStore, progress: bool) -> None:
+    """Every floating source tensor must be finite: a NaN would break calibration inside qwen-tts (a traceback)
+    or, worse, be packed silently. One tensor at a time, so memory stays flat."""
+    from tqdm.auto import tqdm
+
+    for name in tqdm(store.keys(), desc="checking source tensors", unit="tensor", disable=not progress, leave=False):
+        store.get_finite(name)
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -112,6 +121,8 @@ def quantize_talker(options: QuantizeOptions) -> Path:
         if missing:
             raise UserError(f"{store.root}: weights lack {missing[0]} (and {len(missing) - 1} more); not a full checkpoint")
         check_layer_shapes(store, layout.decoder, options.group_size)
+    with prov.timed("finite_check"):
+        _check_finite(store, options.progress)
     awq = AwqOptions(bits=options.w_bit, group_size=options.group_size, method=options.method,
                      duo_scaling=options.duo_scaling, clip=options.clip)
     sources = (source.path,) + ((base.path,) if base else ())

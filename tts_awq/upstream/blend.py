@@ -234,9 +234,9 @@ def blend_ffn(
                 for name in tqdm(
                     tts_store.keys(), desc=f"blend alpha={alpha:g}", unit="tensor", disable=None
                 ):
-                    tensor = tts_store.get(name)
+                    tensor = tts_store.get_finite(name) if name in blended else tts_store.get(name)
                     if name in blended:
-                        tensor = lerp_weights(tensor, llm_store.get(blended[name]), alpha)
+                        tensor = lerp_weights(tensor, llm_store.get_finite(blended[name]), alpha)
                     writer.write(name, tensor)
             except BaseException:
                 with contextlib.suppress(ValueError):  # "never written": the original error matters

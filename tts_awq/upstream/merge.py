@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from tts_awq.checkpoint import (
     resolve_source,
     sha256_file,
 )
-from tts_awq.checkpoint.store import INDEX_NAME, WEIGHTS_NAME
+from tts_awq.checkpoint.store import INDEX_NAME, WEIGHTS_NAME, require_finite
 from tts_awq.errors import UserError
 from tts_awq.provenance import PROVENANCE_NAME, Provenance, describe_input
 from tts_awq.upstream.merge_methods import MergeMethod, get_method, tensor_seed
@@ -115,7 +116,7 @@ class _DirInput(_Input):
         return info.torch_dtype, info.shape
 
     def get(self, canon: str) -> torch.Tensor:
-        return self.store.get(self.names[canon])
+        return self.store.get_finite(self.names[canon])
 
 
 class _PthInput(_Input):
@@ -140,7 +141,9 @@ class _PthInput(_Input):
         return t.dtype, tuple(t.shape)
 
     def get(self, canon: str) -> torch.Tensor:
-        return self.tensors[self.names[canon]]
+        tensor = self.tensors[self.names[canon]]
+        require_finite(tensor, self.names[canon], self.path)
+        return tensor
 
 
 def _load_pth(path: Path) -> Any:
@@ -345,6 +348,9 @@ def merge_checkpoints(
     method_spec = get_method(method)
     params = _resolve_params(method_spec, density, normalize, seed)
     weights = [float(w) for _, w in models]
+    for (spec, _), weight in zip(models, weights, strict=True):
+        if not math.isfinite(weight):
+            raise UserError(f"--model {spec}:{weight}: the weight is not finite; pass a number such as 0.6")
     if method == "linear" and params.get("normalize") and sum(weights) == 0:
         raise UserError("linear: the model weights sum to zero; change a weight or pass normalize=False")
     specs = [str(base), *(str(s) for s, _ in models)]
