@@ -58,7 +58,7 @@ def case_tiny(work: Path, device: str) -> dict:
     from tts_awq.prompts import load_prompts, load_voice_clips
     from tts_awq.quantize.calibration import capture_tts
     from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
-    from tts_awq.tiny import build_tiny_darwin
+    from tts_awq.testing.tiny import build_tiny_darwin
 
     src = build_tiny_darwin(work / "tiny")["tiny-darwin"]
     start = time.perf_counter()
@@ -77,7 +77,7 @@ def case_smollm2(work: Path, device: str) -> dict:
     from tts_awq.prompts import load_prompts
     from tts_awq.quantize.calibration import capture_causal_lm
     from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
-    from tts_awq.smollm2 import export_smollm2
+    from tts_awq.testing.smollm2 import export_smollm2
 
     src = export_smollm2(work / "smollm2")
     start = time.perf_counter()

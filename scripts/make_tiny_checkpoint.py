@@ -3,7 +3,7 @@
 
     python scripts/make_tiny_checkpoint.py OUT_ROOT [--preset tiny|1.7b] [--seed N] [--alpha A]
 
-Presets (tts_awq/presets.py):
+Presets (tts_awq/testing/presets.py):
 
 * ``tiny`` (default): tiny-tts-base, tiny-qwen3-lm, tiny-darwin (~50 MB, seconds).
 * ``1.7b``: random-1.7b-tts-base, random-1.7b-qwen3-lm, random-1.7b-darwin with exactly the shapes of
@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tts_awq.errors import UserError  # noqa: E402
-from tts_awq.presets import CODEC_NOTE, PRESETS  # noqa: E402
+from tts_awq.testing.presets import CODEC_NOTE, PRESETS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log = logging.getLogger("make_tiny_checkpoint")
 
-    from tts_awq.tiny import build_darwin
+    from tts_awq.testing.tiny import build_darwin
 
     if args.preset != "tiny":
         log.info("preset %s: %s", args.preset, CODEC_NOTE)

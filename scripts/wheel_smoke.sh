@@ -19,7 +19,7 @@ cd "$WORK"
 from pathlib import Path
 import tts_awq.prompts as p
 assert Path(p.CALIB_DATA_DIR).is_relative_to(Path('$WORK/venv')), p.CALIB_DATA_DIR
-from tts_awq.tiny import build_tiny_darwin
+from tts_awq.testing.tiny import build_tiny_darwin
 print(build_tiny_darwin(Path('ck'))['tiny-darwin'])" > darwin.txt
 "$WORK/venv/bin/quantize-talker" "$(cat darwin.txt)" pkg --n-samples 4 --seq-len 32 --device cpu
 "$WORK/venv/bin/python" -c "

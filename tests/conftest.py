@@ -20,6 +20,6 @@ def qwen_tts() -> types.SimpleNamespace:
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``{"tiny-tts-base": ..., "tiny-qwen3-lm": ..., "tiny-darwin": ...}`` (seed 0, alpha 0.03). Read-only: copy
     a directory before modifying it."""
-    from tts_awq.tiny import build_tiny_darwin
+    from tts_awq.testing.tiny import build_tiny_darwin
 
     return build_tiny_darwin(tmp_path_factory.mktemp("tiny"), seed=0, alpha=0.03)

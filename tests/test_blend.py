@@ -14,7 +14,7 @@ import torch
 from tts_awq.checkpoint import TensorStore, list_files, sha256_file
 from tts_awq.checkpoint.files import hash_tree
 from tts_awq.errors import UserError
-from tts_awq.tiny import DECODER, reference_wav
+from tts_awq.testing.tiny import DECODER, reference_wav
 from tts_awq.upstream.blend import LLM_FFN, TTS_FFN, blend_ffn, blend_sweep, ffn_pairs
 
 N_FFN = DECODER["num_hidden_layers"] * 3

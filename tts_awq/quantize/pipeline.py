@@ -19,6 +19,7 @@ from tts_awq.checkpoint.layout import TTS_KIND
 from tts_awq.checkpoint.source import CODEC_AND_PROCESSOR_FILES
 from tts_awq.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
 from tts_awq.errors import UserError
+from tts_awq.memory import current_rss_bytes
 from tts_awq.provenance import Provenance
 from tts_awq.quantize.calibration import Calibration, build_calibration
 from tts_awq.quantize.engine import METHODS, AwqOptions, check_layer_shapes, run_awq
@@ -140,7 +141,9 @@ def quantize_talker(options: QuantizeOptions) -> Path:
                 calibration = build_calibration(layout, model_dir, store, options.calib, options.seed,
                                                 options.seq_len, options.n_samples, device,
                                                 options.calib_batch_size, progress=options.progress)
-        log.info("calibration: %d sequences, %d tokens", len(calibration.sequences), calibration.n_tokens)
+        log.info("calibration: %d sequences, %d tokens; RSS now %.0f MB", len(calibration.sequences),
+                 calibration.n_tokens, current_rss_bytes() / 2**20)
+        calibration.info["rss_mb_after"] = round(current_rss_bytes() / 2**20, 1)
         layer_stats: list[dict[str, Any]] = []
         with prov.timed("write_kept_tensors"):
             package.write_kept_tensors()

@@ -1,4 +1,4 @@
-"""Shapes of the random-weight checkpoint sets that :mod:`tts_awq.tiny` builds (plain data, no torch import).
+"""Shapes of the random-weight checkpoint sets that :mod:`tts_awq.testing.tiny` builds (plain data, no torch import).
 
 A :class:`Preset` fixes everything about one set of three directories (TTS base, Qwen3 LM, Darwin blend) except
 the seed and the blend alpha:

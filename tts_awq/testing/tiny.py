@@ -1,7 +1,7 @@
 """Random-weight checkpoints built with the real qwen-tts / transformers classes (tests, smoke runs, benchmarks).
 
 Three directories mirror the real pipeline (docs/qwen3-tts-checkpoint.md, section 10), at the sizes of a
-:class:`~tts_awq.presets.Preset` (``tiny`` by default, ``1.7b`` for the real Qwen3-TTS-12Hz-1.7B-Base shapes):
+:class:`~tts_awq.testing.presets.Preset` (``tiny`` by default, ``1.7b`` for the real Qwen3-TTS-12Hz-1.7B-Base shapes):
 
 * ``tiny-tts-base``: a Qwen3-TTS-12Hz "base" checkpoint (talker, code predictor, speaker encoder, 12 Hz codec,
   byte-level text tokenizer with every special token at its real id). Hidden sizes are multiples of 128 so the
@@ -12,7 +12,7 @@ Three directories mirror the real pipeline (docs/qwen3-tts-checkpoint.md, sectio
 The tiny preset materializes each model with the library init and ``save_pretrained`` (the historical recipe).
 Streamed presets (``1.7b``) build the module tree on the meta device for the exact state-dict plan, then generate
 every tensor from its own seeded generator directly in BF16 and write it through :class:`ShardedWriter`, so peak
-memory is about one tensor. The codec is the tiny one in every preset (:data:`tts_awq.presets.CODEC_NOTE`).
+memory is about one tensor. The codec is the tiny one in every preset (:data:`tts_awq.testing.presets.CODEC_NOTE`).
 
 Everything is deterministic in the seed: two builds give byte-identical weight files.
 """
@@ -33,8 +33,8 @@ import torch
 
 from tts_awq.checkpoint import ShardedWriter, atomic_output_dir, read_json, sha256_file, write_json
 from tts_awq.checkpoint.store import INDEX_NAME, WEIGHTS_NAME
-from tts_awq.presets import CODEC_NOTE, TINY, Preset, get_preset
 from tts_awq.provenance import Provenance
+from tts_awq.testing.presets import CODEC_NOTE, TINY, Preset, get_preset
 
 if TYPE_CHECKING:
     import numpy as np
