@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pytest
 import yaml
 
-from tts_awq.checkpoint.files import hash_tree, sha256_file, write_json
+from tts_awq.checkpoint.files import hash_tree, list_files, sha256_file, write_json
 from tts_awq.cli import build_parser, main
 from tts_awq.errors import UserError
 from tts_awq.publish import PushOptions, plan_push, push
@@ -93,7 +93,8 @@ def make_package(root: Path, *, source: dict[str, Any] | None = None, readme: st
         _write(root, {"validation/report.json": json.dumps(report, indent=2), "validation/report.md": "# report\n",
                       "validation/wer.png": b"\x89PNG\r\n\x1a\nfake"})
         provenance["validation"] = {"report_sha256": sha256_file(root / "validation/report.json"),
-                                    "passed": report.get("passed"), "created_unix": 1700000100}
+                                    "passed": report.get("passed"), "created_unix": 1700000100,
+                                    "files": hash_tree(root, [r for r in list_files(root) if r.startswith("validation/")])}
     write_json(root / "provenance.json", provenance)
     return root
 
@@ -562,3 +563,15 @@ def test_no_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytes
 def test_push_is_registered_in_cli() -> None:
     args = build_parser().parse_args(["push", "out", "--repo-id", "you/x", "--dry-run", "--allow-unvalidated"])
     assert args.dry_run and args.allow_unvalidated and args.repo_id == "you/x" and callable(args.func)
+
+
+def test_push_refuses_a_file_under_validation_that_validate_awq_did_not_write(tmp_path: Path) -> None:
+    root = make_package(tmp_path / "pkg")
+    (root / "validation" / "extra.bin").write_bytes(b"not from validate-awq")
+    for allow in (False, True):  # integrity: --allow-unvalidated does not lift it
+        with pytest.raises(UserError, match="extra.bin: not written by validate-awq"):
+            plan_push(PushOptions(package=root, repo_id="you/pkg", allow_unvalidated=allow, dry_run=True))
+    (root / "validation" / "extra.bin").unlink()
+    (root / "validation" / "report.md").write_text("# edited\n")
+    with pytest.raises(UserError, match="report.md: changed after validate-awq"):
+        plan_push(PushOptions(package=root, repo_id="you/pkg", dry_run=True))

@@ -6,13 +6,25 @@ A thin layer over the library: parse, call one function, turn a UserError into o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tts_awq import __version__
-from tts_awq.errors import UserError
+from tts_awq.cli_types import OneLineParser, float_in, int_at_least
+from tts_awq.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OS,
+    EXIT_TERMINATED,
+    Terminated,
+    UserError,
+    describe_os_error,
+)
 
 log = logging.getLogger("tts_awq")
 
@@ -20,19 +32,21 @@ log = logging.getLogger("tts_awq")
 def _add_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="Qwen3-TTS checkpoint directory or Hub repo id (or a Llama/Qwen2/Qwen3 causal LM)")
     p.add_argument("out", type=Path, help="output package directory (written atomically)")
-    p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--w-bit", type=int, default=4)
+    p.add_argument("--group-size", type=int_at_least(2), default=128)
+    p.add_argument("--w-bit", type=int, default=4, choices=[4], help="only 4 is storable in the AWQ GEMM format")
     p.add_argument("--method", default="awq", choices=["awq", "rtn"], help="rtn = round-to-nearest baseline")
     p.add_argument("--seed", type=int, default=1729)
-    p.add_argument("--seq-len", type=int, default=512, help="cap on each calibration sequence (talker rows)")
-    p.add_argument("--n-samples", type=int, default=128, help="number of calibration prompts")
+    p.add_argument("--seq-len", type=int_at_least(2, "qwen-tts generates at least 2 codec frames per prompt"),
+                   default=512, help="cap on each calibration sequence (talker rows)")
+    p.add_argument("--n-samples", type=int_at_least(1), default=128, help="number of calibration prompts")
     p.add_argument("--calib", default=None, help="JSONL file or Hub dataset id (default: built-in calib_data)")
-    p.add_argument("--calib-batch-size", type=int, default=8)
+    p.add_argument("--calib-batch-size", type=int_at_least(1), default=8)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--codec-from", default=None, metavar="BASE",
                    help="copy a missing speech_tokenizer/ from this base checkpoint (architecture checked)")
     p.add_argument("--revision", default=None, help="Hub revision of SRC")
-    p.add_argument("--max-shard-size", type=float, default=4.0, help="GiB per safetensors shard")
+    p.add_argument("--max-shard-size", type=float_in(0.0, 1e6, low_open=True), default=4.0,
+                   help="GiB per safetensors shard")
     p.add_argument("--no-clip", action="store_true", help="skip the weight-clip search")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=_run_quantize)
@@ -118,7 +132,7 @@ def _add_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--method", default="task_arithmetic",
                    choices=["linear", "task_arithmetic", "ties", "dare_linear"])
-    p.add_argument("--density", type=float, default=None, help="kept fraction (0,1] for ties / dare_linear (0.5)")
+    p.add_argument("--density", type=float_in(0.0, 1.0, low_open=True), default=None, help="kept fraction (0,1] for ties / dare_linear (0.5)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="linear / ties: divide by the sum of weights (default on)")
     p.add_argument("--seed", type=int, default=1729, help="DARE drop mask seed")
@@ -161,17 +175,27 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if only is not None:
         add, help_text = COMMANDS[only]
-        parser = argparse.ArgumentParser(prog=only, description=help_text)
+        parser = OneLineParser(prog=only, description=help_text)
         add(parser)
         parser.add_argument("-v", "--verbose", action="store_true")
+        parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
         return parser
-    parser = argparse.ArgumentParser(prog="tts-awq", description="INT4 packages of LLM-based TTS that still speak")
+    parser = OneLineParser(prog="tts-awq", description="INT4 packages of LLM-based TTS that still speak")
     parser.add_argument("--version", action="version", version=f"tts-awq {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add, help_text) in COMMANDS.items():
         add(sub.add_parser(name, help=help_text, description=help_text))
     return parser
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("TTS_AWQ_DEBUG", "") not in ("", "0")
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise Terminated()
 
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
@@ -180,14 +204,39 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "accelerate", "sox", "datasets", "huggingface_hub", "urllib3", "numba"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    previous = signal.getsignal(signal.SIGTERM)
+    with contextlib.suppress(ValueError):  # not in the main thread (e.g. some test runners): keep the default
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted; no output was written", file=sys.stderr)
-        return 130
+        print("error: interrupted; no output was written (temporary files removed)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("error: terminated (SIGTERM); no output was written (temporary files removed)", file=sys.stderr)
+        return EXIT_TERMINATED
+    except OSError as exc:
+        if _debug(args):
+            raise
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_OS
+    except Exception as exc:  # noqa: BLE001 - the one place that turns a crash into one line
+        if _debug(args):
+            raise
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        site = f" at {Path(where.tb_frame.f_code.co_filename).name}:{where.tb_lineno}" if where else ""
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"error: internal error: {type(exc).__name__}{site}: {message}; rerun with --debug (or "
+              "TTS_AWQ_DEBUG=1) for the traceback and report it", file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from tts_awq.checkpoint.store import require_finite
 from tts_awq.errors import UserError
 from tts_awq.memory import component_bytes, format_bytes
 from tts_awq.offload import HostEmbedding
+from tts_awq.provenance import read_provenance, verify_outputs
 from tts_awq.quantize.kernels import KERNELS
 from tts_awq.quantize.linear import AwqInt4Linear
 
@@ -106,14 +108,46 @@ def _check_awq_tensors(root: Any, store: TensorStore, model: nn.Module, quantize
                                 f"{dtype}{list(shape)} for AWQ GEMM at group size {group_size}; re-run quantize-talker")
 
 
-def prepare_int4_linears(model: nn.Module, kernel: str) -> dict[str, int]:
-    """Convert every AwqInt4Linear to its runtime kernel on its current device; log each fallback reason once."""
+def _load_int4_linears(model: nn.Module, store: TensorStore, quantized: list[str], kernel: str,
+                       device: str) -> dict[str, int]:
+    """Read each INT4 triple, move it to ``device`` and convert it to its kernel layout before the next one."""
+
+    def fill(name: str, module: AwqInt4Linear) -> None:
+        for suffix in ("qweight", "qzeros", "scales"):
+            key = f"{name}.{suffix}"
+            tensor = store.get(key)
+            if suffix == "scales":
+                require_finite(tensor, key, store.root / store.info(key).file)
+            setattr(module, suffix, tensor.to(device))
+
+    return prepare_int4_linears(model, kernel, fill)
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after many mid-sized frees: the converted AWQ
+    triples), so RSS reflects what the model holds."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def prepare_int4_linears(model: nn.Module, kernel: str,
+                         fill: Callable[[str, AwqInt4Linear], None] | None = None) -> dict[str, int]:
+    """Convert every AwqInt4Linear to its runtime kernel on its current device (``fill(name, module)`` first sets
+    its AWQ buffers, one module at a time); log each fallback reason once."""
     from tqdm.auto import tqdm
 
     counts: dict[str, int] = {}
     reasons: dict[str, int] = {}
-    modules = [m for m in model.modules() if isinstance(m, AwqInt4Linear)]
-    for module in tqdm(modules, desc=f"INT4 kernels ({kernel})", unit="linear", disable=len(modules) < 50):
+    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, AwqInt4Linear)]
+    for name, module in tqdm(modules, desc=f"INT4 kernels ({kernel})", unit="linear", disable=len(modules) < 50):
+        if fill is not None:
+            fill(name, module)
         chosen = module.prepare(kernel)
         counts[chosen] = counts.get(chosen, 0) + 1
         if module.kernel_reason:
@@ -138,11 +172,14 @@ def _check_options(device: str, kernel: str, text_embedding_device: str | None) 
 
 
 def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, kernel: str = "auto",
-                   text_embedding_device: str | None = None, cached_dequant: bool = False) -> Any:
+                   text_embedding_device: str | None = None, cached_dequant: bool = False,
+                   verify: bool = False) -> Any:
     """Return a ``qwen_tts.Qwen3TTSModel`` for a tts-awq package directory (or Hub id).
 
     ``kernel``: see :class:`AwqInt4Linear`. ``text_embedding_device="cpu"`` keeps the talker's text embedding in
-    host memory (only looked-up rows travel). The returned object carries ``tts.tts_awq_kernels`` (kernel counts)
+    host memory (only looked-up rows travel). ``verify=True`` first checks every file against
+    ``provenance.json -> outputs_sha256`` (reads the whole package once); the cheap invariants (INT4 shapes vs
+    ``quantization_config``, finite scales) are always checked. The returned object carries ``tts.tts_awq_kernels`` (kernel counts)
     and ``tts.tts_awq_bytes`` (``{device: {component: bytes}}``, see :func:`tts_awq.memory.component_bytes`).
     """
     from transformers import AutoProcessor
@@ -162,6 +199,12 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, kernel: st
         raise UserError(f"{root / 'config.json'}: quantization_config bits={qconfig.get('bits')} "
                         f"zero_point={qconfig.get('zero_point')}; only 4-bit zero-point AWQ GEMM is supported")
     layout.require_codec()
+    if verify:
+        prov = read_provenance(root)
+        if prov is None or ("unreadable" in prov and len(prov) == 1):
+            raise UserError(f"{root / 'provenance.json'}: missing or unreadable; verify=True needs the package's "
+                            "provenance (or load with verify=False)")
+        verify_outputs(root, prov)
     torch_dtype = _dtype(dtype, device)
     classes = qwen_tts_classes()
     config_dict = copy.deepcopy(layout.config)
@@ -183,33 +226,36 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, kernel: st
     store = TensorStore(root)
     _check_awq_tensors(root, store, model, quantized, group_size)
     swap_int4_linears(model, "", quantized, group_size, cached_dequant)
-    # INT4 triples are read (they are converted to a kernel layout right away); every other tensor is memory-mapped
-    # copy-on-write, so what is never touched (most of the 0.6 GB text embedding on CPU) is never resident.
+    # Every tensor but the INT4 triples is memory-mapped copy-on-write, so what is never touched (most of the 0.6 GB
+    # text embedding) is never resident. The triples are read and converted one linear at a time (below), so at most
+    # one AWQ triple exists beside the converted kernel layouts.
     packed = {f"{n}.{suffix}" for n in quantized for suffix in ("qweight", "qzeros", "scales")}
-    state = {name: store.get(name) if name in packed else store.get_mapped(name) for name in store.keys()}
-    for name in (f"{n}.scales" for n in quantized):
-        require_finite(state[name], name, root / store.info(name).file)
     expected = set(model.state_dict().keys())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
+    missing = sorted(expected - set(store.keys()))
+    unexpected = sorted(set(store.keys()) - expected)
     if missing or unexpected:
         raise UserError(f"{root}: package tensors do not match the model (missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}); re-run quantize-talker")
+    state = {name: store.get_mapped(name) for name in store.keys() if name not in packed}
     for name, tensor in state.items():
-        if name not in packed and tensor.is_floating_point():
+        if tensor.is_floating_point():
             state[name] = tensor.to(torch_dtype)
-    model.load_state_dict(state, strict=True, assign=True)
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.unexpected_keys or set(result.missing_keys) != packed:
+        raise RuntimeError(f"state dict mismatch: missing {sorted(set(result.missing_keys) - packed)[:3]}, "
+                           f"unexpected {result.unexpected_keys[:3]}")
     del state
     _reset_rope_buffers(model, "cpu")
-    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if still_meta:
-        raise RuntimeError(f"tensors left uninitialised after loading: {still_meta[:5]}")
     if text_embedding_device is not None:
         talker_model = model.talker.model
         talker_model.text_embedding = HostEmbedding.from_embedding(talker_model.text_embedding, text_embedding_device)
+    kernels_used = _load_int4_linears(model, store, quantized, kernel, device)
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise RuntimeError(f"tensors left uninitialised after loading: {still_meta[:5]}")
     model.to(device)
     model.eval()
-    kernels_used = prepare_int4_linears(model, kernel)
+    release_free_memory()
 
     speech_tokenizer = classes.Qwen3TTSTokenizer.from_pretrained(
         str(root / CODEC_DIR), dtype=torch_dtype, device_map=device

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tts_awq import __version__
-from tts_awq.checkpoint.files import hash_tree, list_files, write_json
+from tts_awq.checkpoint.files import hash_tree, list_files, sha256_file, write_json
 
 PROVENANCE_NAME = "provenance.json"
 _LIBRARIES = ("torch", "transformers", "qwen-tts", "safetensors", "huggingface_hub", "datasets", "numpy", "accelerate")
@@ -111,3 +111,28 @@ class Provenance:
         data = self.to_dict(out_dir, device)
         write_json(Path(out_dir) / PROVENANCE_NAME, data)
         return data
+
+
+def verify_outputs(root: Path, provenance: dict[str, Any], files: list[str] | None = None) -> None:
+    """Raise a one-line UserError naming the first file (sorted) that differs from ``outputs_sha256``.
+
+    Files under ``validation/`` are created after quantize-talker and are not hashed there (validate-awq records
+    their own sha256); any other file not in ``outputs_sha256`` counts as a change."""
+    from tts_awq.errors import UserError
+
+    recorded = provenance.get("outputs_sha256")
+    if not isinstance(recorded, dict) or not recorded:
+        raise UserError(f"{root / PROVENANCE_NAME}: has no outputs_sha256; re-run quantize-talker to write a complete package")
+    files = list_files(root) if files is None else files
+    present = set(files)
+    for rel in sorted(recorded):
+        if rel not in present:
+            raise UserError(f"{root / rel}: listed in provenance.json but missing; restore it or re-run quantize-talker")
+        if sha256_file(root / rel) != recorded[rel]:
+            raise UserError(f"{root / rel}: changed since quantize-talker wrote it (sha256 differs from provenance.json); "
+                            "restore it or re-run quantize-talker")
+    for rel in files:
+        if rel in recorded or rel == PROVENANCE_NAME or rel.startswith("validation/"):
+            continue
+        raise UserError(f"{root / rel}: not in provenance.json outputs_sha256 (added after quantize-talker); "
+                        "move it out of the package")

@@ -11,7 +11,7 @@ from typing import Any
 
 from tts_awq.checkpoint.files import list_files, read_json, sha256_file
 from tts_awq.errors import UserError
-from tts_awq.provenance import PROVENANCE_NAME, read_provenance
+from tts_awq.provenance import PROVENANCE_NAME, read_provenance, verify_outputs
 
 QUANTIZE_STAGE = "quantize-talker"
 VALIDATION_DIR = "validation"
@@ -48,27 +48,26 @@ class Package:
         return sum(self.sizes.values())
 
 
-def check_integrity(root: Path, provenance: dict[str, Any], files: list[str]) -> None:
-    """Raise a one-line UserError naming the first file (sorted) that differs from ``outputs_sha256``.
+check_integrity = verify_outputs  # the check lives in tts_awq.provenance (validate-awq and the loader use it too)
 
-    Files under ``validation/`` are created after quantize-talker and are not hashed there (the report's own sha256
-    is checked by :func:`validation_status`); any other file not in ``outputs_sha256`` counts as a change.
-    """
-    recorded = provenance.get("outputs_sha256")
-    if not isinstance(recorded, dict) or not recorded:
-        raise UserError(f"{root / PROVENANCE_NAME}: has no outputs_sha256; re-run quantize-talker to write a complete package")
-    present = set(files)
-    for rel in sorted(recorded):
-        if rel not in present:
-            raise UserError(f"{root / rel}: listed in provenance.json but missing; restore it or re-run quantize-talker")
-        if sha256_file(root / rel) != recorded[rel]:
-            raise UserError(f"{root / rel}: changed since quantize-talker wrote it (sha256 differs from provenance.json); "
-                            "restore it or re-run quantize-talker")
-    for rel in files:
-        if rel in recorded or rel == PROVENANCE_NAME or rel.startswith(f"{VALIDATION_DIR}/"):
-            continue
-        raise UserError(f"{root / rel}: not in provenance.json outputs_sha256 (added after quantize-talker); "
-                        "move it out of the package")
+
+def check_validation_files(root: Path, provenance: dict[str, Any], files: list[str]) -> None:
+    """Every file under ``validation/`` must be one validate-awq wrote and recorded (``validation.files``), unchanged;
+    nothing else may ride along with a push, validated or not."""
+    on_disk = [rel for rel in files if rel.startswith(f"{VALIDATION_DIR}/")]
+    if not on_disk:
+        return
+    record = provenance.get("validation")
+    listed = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(listed, dict):
+        raise UserError(f"{root / on_disk[0]}: provenance.json has no list of validation files (no validate-awq "
+                        "record, or one from an older tts-awq); re-run validate-awq or remove validation/")
+    for rel in on_disk:
+        if rel not in listed:
+            raise UserError(f"{root / rel}: not written by validate-awq (not in provenance.json validation.files); "
+                            "remove it")
+        if sha256_file(root / rel) != listed[rel]:
+            raise UserError(f"{root / rel}: changed after validate-awq wrote it; re-run validate-awq")
 
 
 def validation_status(root: Path, provenance: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
@@ -110,6 +109,7 @@ def load_package(root: Path) -> Package:
         raise UserError(f"{root / 'config.json'}: has no quantization_config; not a quantized package")
     files = list_files(root)
     check_integrity(root, provenance, files)
+    check_validation_files(root, provenance, files)
     report, problem = validation_status(root, provenance)
     sizes = {rel: (root / rel).stat().st_size for rel in files}
     return Package(root=root, provenance=provenance, config=config, files=files, report=report,

@@ -127,7 +127,7 @@ def quantize_talker(options: QuantizeOptions) -> Path:
     awq = AwqOptions(bits=options.w_bit, group_size=options.group_size, method=options.method,
                      duo_scaling=options.duo_scaling, clip=options.clip)
     sources = (source.path,) + ((base.path,) if base else ())
-    with atomic_output_dir(options.out, options.overwrite, sources=sources) as tmp:
+    with atomic_output_dir(options.out, options.overwrite, sources=sources, stage="quantize-talker") as tmp:
         package = PackageWriter(tmp, store, layout, awq, options.max_shard_bytes)
         codec_files: list[str] = []
         if base is not None and not layout.has_codec:

@@ -197,7 +197,7 @@ def blend_ffn(
     or an existing ``out`` (without ``overwrite``) raise a one-line :class:`UserError` before anything is written.
     """
     alpha = check_alpha(alpha)
-    check_output_dir(Path(out), overwrite)
+    check_output_dir(Path(out), overwrite, stage="blend")
     # Hub sources: compare the two config.json files before downloading gigabytes of weights.
     peeked_tts, peeked_llm = _peek_config(tts_src, tts_revision), _peek_config(llm_src, llm_revision)
     if peeked_tts is not None and peeked_llm is not None:
@@ -225,7 +225,7 @@ def blend_ffn(
     metadata = tts_store.metadata.get(tts_store.files[0]) or {"format": "pt"}
     weight_files = _weight_files(tts_store)
 
-    with atomic_output_dir(Path(out), overwrite, sources=(tts_path, llm_path)) as tmp:
+    with atomic_output_dir(Path(out), overwrite, sources=(tts_path, llm_path), stage="blend") as tmp:
         with provenance.timed("copy_files"):
             copied = copy_tree(tts_path, tmp, skip=lambda rel: rel in weight_files or rel == PROVENANCE_NAME)
         with provenance.timed("blend"):
@@ -288,7 +288,7 @@ def blend_sweep(
     out_root = Path(out_root)
     targets = [out_root / name for name in names]
     for target in targets:
-        check_output_dir(target, overwrite)
+        check_output_dir(target, overwrite, stage="blend")
     return [
         blend_ffn(tts_src, llm_src, a, target, overwrite=overwrite)
         for a, target in zip(values, targets, strict=True)

@@ -401,7 +401,7 @@ def merge_checkpoints(
 
     names = [*plan.merged, *plan.non_float, *sorted(plan.kept)]
     sources = tuple(inp.path for inp in inputs)
-    with atomic_output_dir(Path(out), overwrite, sources=sources) as tmp:
+    with atomic_output_dir(Path(out), overwrite, sources=sources, stage="merge") as tmp:
         with prov.timed("merge"):
             if pth[0]:
                 _write_pth(tmp, inputs, names, plan, merge_one)

@@ -146,7 +146,7 @@ def repack_codec(src: str | Path, codec_from: str | Path, out: str | Path, overw
     base_res = resolve_source(codec_from, what="--codec-from BASE", allow_patterns=CODEC_AND_PROCESSOR_FILES)
     plan_codec_copy(src_res.path, base_res.path)  # fail before anything is written
     prov = Provenance(stage="repack", parameters={"src": str(src), "codec_from": str(codec_from)})
-    with atomic_output_dir(Path(out), overwrite, sources=(src_res.path, base_res.path)) as tmp:
+    with atomic_output_dir(Path(out), overwrite, sources=(src_res.path, base_res.path), stage="repack") as tmp:
         with prov.timed("copy"):
             from_src = copy_tree(src_res.path, tmp, skip=lambda rel: rel == PROVENANCE_NAME)
             from_base = copy_codec_into(tmp, base_res.path)

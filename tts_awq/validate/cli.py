@@ -1,4 +1,4 @@
-"""``validate-awq OUT --reference SRC ...``: argument parsing and exit codes (0 pass, 1 a gate failed, 2 error)."""
+"""``validate-awq OUT --reference SRC ...``: argument parsing and exit codes (0 pass, 1 a gate failed, 2 bad input, 3 internal error, 4 OS error)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tts_awq.cli_types import int_at_least
 from tts_awq.validate.runner import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEEDS
 
 EXIT_PASS = 0
@@ -18,12 +19,14 @@ def add_validate(parser: argparse.ArgumentParser) -> None:
                         help="the checkpoint the package was made from (dir or Hub id); a tts-awq package works too")
     parser.add_argument("--eval", default=None, metavar="FILE|DATASET",
                         help="held-out prompts: JSONL file or Hub dataset id (default: built-in calib_data/eval.jsonl)")
-    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="generations per prompt, one seed each")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+    parser.add_argument("--seeds", type=int_at_least(1), default=DEFAULT_SEEDS,
+                        help="generations per prompt, one seed each")
+    parser.add_argument("--max-new-tokens", type=int_at_least(2, "qwen-tts generates at least 2 codec frames"),
+                        default=DEFAULT_MAX_NEW_TOKENS,
                         help="codec frames a generation may use before it counts as a runaway")
     parser.add_argument("--gates", default=None, metavar="FILE", help="YAML or JSON file overriding gate thresholds")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--n-prompts", type=int, default=None, help="use this many prompts, spread over the file")
+    parser.add_argument("--n-prompts", type=int_at_least(1), default=None, help="use this many prompts, spread over the file")
     parser.add_argument("--asr-model", default=None, metavar="DIR",
                         help="local ASR model (transformers Whisper or faster-whisper dir) for WER/CER")
     parser.set_defaults(func=run)

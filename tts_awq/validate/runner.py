@@ -15,10 +15,10 @@ import torch
 
 from tts_awq import __version__
 from tts_awq.checkpoint.atomic import atomic_output_dir
-from tts_awq.checkpoint.files import list_files, sha256_file
+from tts_awq.checkpoint.files import hash_tree, list_files, sha256_file
 from tts_awq.errors import UserError
 from tts_awq.prompts import Prompt, load_prompts, load_voice_clips, read_voice
-from tts_awq.provenance import git_commit, library_versions
+from tts_awq.provenance import PROVENANCE_NAME, git_commit, library_versions, read_provenance, verify_outputs
 from tts_awq.validate import asr as asr_mod
 from tts_awq.validate import audio, freerun, layers, plots, report, stop, teacher
 from tts_awq.validate import gates as gates_mod
@@ -129,6 +129,17 @@ def _free(*sides: Side) -> None:
         torch.cuda.empty_cache()
 
 
+def _check_package_integrity(root: Path) -> None:
+    """A package edited after quantize-talker must never get ``passed: true``: its files must match
+    ``provenance.json -> outputs_sha256`` before anything is measured."""
+    prov = read_provenance(root)
+    if prov is None:
+        raise UserError(f"{root / PROVENANCE_NAME}: not found; validate-awq checks packages written by quantize-talker")
+    if "unreadable" in prov and len(prov) == 1:
+        raise UserError(f"{root / PROVENANCE_NAME}: not valid JSON; restore it or re-run quantize-talker")
+    verify_outputs(root, prov)
+
+
 def validate_package(out: str | Path, reference: str | Path, eval: str | Path | None = None,
                      seeds: int = DEFAULT_SEEDS, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, gates: Any = None,
                      device: str = "auto", asr_model: str | Path | None = None, n_prompts: int | None = None
@@ -152,6 +163,7 @@ def validate_package(out: str | Path, reference: str | Path, eval: str | Path | 
     _check_args(seeds, max_new_tokens, n_prompts)
     specs = _gate_specs(gates)
     pkg = resolve_package(out)
+    _check_package_integrity(pkg.root)
     ref = resolve_reference(reference)
     check_same_architecture(pkg, ref)
     report.check_provenance_writable(pkg.root)
@@ -331,6 +343,7 @@ def validate_package(out: str | Path, reference: str | Path, eval: str | Path | 
         (tmp / report.REPORT_MD).write_text(report.markdown(data), encoding="utf-8")
     report.record_in_provenance(pkg.root, {
         "report_sha256": sha,
+        "files": hash_tree(pkg.root, [r for r in list_files(pkg.root) if r.startswith(f"{VALIDATION_DIR}/")]),
         "passed": not failed,
         "failed_gates": failed,
         "created_unix": created,

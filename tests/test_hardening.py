@@ -1,0 +1,321 @@
+"""Faults a hostile but fair user meets: racing runs, --overwrite limits, OS errors, signals, crashes, bad options.
+
+Each case asserts the documented exit code, exactly one ``error:`` line on stderr, no traceback, the source
+unchanged and no OUT or temp dir left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tts_awq.checkpoint.files import hash_tree
+from tts_awq.cli import main, quantize_talker_main, validate_awq_main
+from tts_awq.errors import EXIT_INTERNAL, EXIT_OS, EXIT_TERMINATED, EXIT_USER
+
+QUICK = ["--n-samples", "2", "--seq-len", "24", "--calib-batch-size", "2", "--device", "cpu"]
+
+
+@pytest.fixture()
+def src(tiny_root: dict[str, Path], tmp_path: Path) -> Path:
+    path = tmp_path / "src"
+    shutil.copytree(tiny_root["tiny-darwin"], path)
+    return path
+
+
+def _expect(code: int, want: int, capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == want, err[-2000:]
+    assert len(lines) == 1, err[-2000:]
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _no_leftovers(parent: Path, name: str) -> None:
+    left = [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+    assert not left, left
+
+
+# ------------------------------------------------------------------------------------------- racing runs
+
+
+def test_a_run_holding_the_lock_makes_the_second_exit_2(src: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pkg"
+    with open(tmp_path / ".pkg.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242")
+        lock.flush()
+        code = quantize_talker_main([str(src), str(out), *QUICK])
+    _expect(code, EXIT_USER, capsys, "being written by another run", "4242")
+    assert not out.exists()
+
+
+def test_out_appearing_meanwhile_is_never_replaced(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from tts_awq.quantize import pipeline
+
+    out = tmp_path / "pkg"
+    real = pipeline.build_calibration
+
+    def winner_finishes_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out.mkdir()
+        (out / "theirs.txt").write_text("the other run's package")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "build_calibration", winner_finishes_first)
+    code = quantize_talker_main([str(src), str(out), *QUICK])
+    _expect(code, EXIT_USER, capsys, "appeared while this run was writing")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    _no_leftovers(tmp_path, "pkg")
+
+
+def test_two_concurrent_processes_exactly_one_wins(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    argv = [sys.executable, "-m", "tts_awq.cli", "quantize-talker", str(src), str(out), *QUICK]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+             for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, EXIT_USER], results
+    loser = next(err for code, err in results if code == EXIT_USER)
+    assert "being written by another run" in loser or "already exists" in loser or "appeared" in loser
+    assert (out / "provenance.json").is_file()
+    _no_leftovers(tmp_path, "pkg")
+
+
+# --------------------------------------------------------------------------------------------- --overwrite
+
+
+@pytest.fixture(scope="module")
+def rtn_package(tiny_root: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
+
+    out = tmp_path_factory.mktemp("rtn") / "pkg"
+    return quantize_talker(QuantizeOptions(src=str(tiny_root["tiny-darwin"]), out=out, method="rtn",
+                                           progress=False, device="cpu"))
+
+
+def test_overwrite_replaces_a_package_of_the_same_stage(src: Path, rtn_package: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    shutil.copytree(rtn_package, out)
+    assert quantize_talker_main([str(src), str(out), "--method", "rtn", "--overwrite"]) == 0
+    assert json.loads((out / "provenance.json").read_text())["stage"] == "quantize-talker"
+
+
+@pytest.mark.parametrize("what", ["plain_dir", "blend_output", "file"])
+def test_overwrite_refuses_what_tts_awq_did_not_write_for_this_stage(
+        src: Path, rtn_package: Path, tmp_path: Path, what: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "victim"
+    if what == "file":
+        out.write_text("precious")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("precious")
+        if what == "blend_output":
+            prov = json.loads((rtn_package / "provenance.json").read_text())
+            prov["stage"] = "blend"
+            (out / "provenance.json").write_text(json.dumps(prov))
+    before = hash_tree(out) if out.is_dir() else out.read_bytes()
+    code = quantize_talker_main([str(src), str(out), "--method", "rtn", "--overwrite"])
+    _expect(code, EXIT_USER, capsys, str(out))
+    assert (hash_tree(out) if out.is_dir() else out.read_bytes()) == before
+
+
+def test_overwrite_refuses_the_working_and_home_directories(src: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code = quantize_talker_main([str(src), ".", "--method", "rtn", "--overwrite"])
+    _expect(code, EXIT_USER, capsys, "refusing to --overwrite the working, home or root directory")
+    monkeypatch.setenv("HOME", str(work))
+    code = quantize_talker_main([str(src), str(work), "--method", "rtn", "--overwrite"])
+    _expect(code, EXIT_USER, capsys, "refusing")
+    code = quantize_talker_main([str(src), str(tmp_path), "--method", "rtn", "--overwrite"])
+    _expect(code, EXIT_USER, capsys)  # a parent of the source (and of the working directory)
+
+
+# ------------------------------------------------------------------------------------------------ OS errors
+
+
+def test_out_parent_is_a_file(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("x")
+    code = quantize_talker_main([str(src), str(tmp_path / "afile" / "pkg"), "--method", "rtn"])
+    _expect(code, EXIT_USER, capsys, "is a file")
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_disk_full_read_only_and_permission_denied_while_writing(
+        src: Path, tmp_path: Path, err: int, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer hits an OS error mid-package (as root, chmod cannot provoke these, so the write call fails)."""
+    from tts_awq.checkpoint import writer
+
+    real_write = writer.ShardedWriter.write
+
+    def failing(self, name, tensor):  # type: ignore[no-untyped-def]
+        if "layers.2." in name:
+            raise OSError(err, os.strerror(err), str(self.out_dir / "model.safetensors"))
+        return real_write(self, name, tensor)
+
+    monkeypatch.setattr(writer.ShardedWriter, "write", failing)
+    before = hash_tree(src)
+    out = tmp_path / "pkg"
+    code = quantize_talker_main([str(src), str(out), "--method", "rtn"])
+    hint = {errno.ENOSPC: "free space", errno.EROFS: "read-only", errno.EACCES: "permission"}[err]
+    _expect(code, EXIT_OS, capsys, "model.safetensors", hint)
+    assert not out.exists() and hash_tree(src) == before
+    _no_leftovers(tmp_path, "pkg")
+
+
+def test_source_deleted_mid_run(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tts_awq.quantize import pipeline
+
+    real = pipeline.run_awq
+
+    def delete_then_run(store, *args, **kwargs):  # type: ignore[no-untyped-def]
+        (src / "model.safetensors").unlink()
+        yield from real(store, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_awq", delete_then_run)
+    out = tmp_path / "pkg"
+    code = quantize_talker_main([str(src), str(out), "--method", "rtn"])
+    _expect(code, EXIT_OS, capsys, "model.safetensors", "deleted while running")
+    assert not out.exists()
+    _no_leftovers(tmp_path, "pkg")
+
+
+def test_internal_error_is_one_line_and_debug_shows_the_traceback(
+        src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tts_awq.quantize import pipeline
+
+    def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("simulated crash inside a model\nsecond line")
+
+    monkeypatch.setattr(pipeline, "run_awq", boom)
+    out = tmp_path / "pkg"
+    code = quantize_talker_main([str(src), str(out), "--method", "rtn"])
+    line = _expect(code, EXIT_INTERNAL, capsys, "internal error: RuntimeError", "simulated crash", "--debug")
+    assert "second line" not in line
+    _no_leftovers(tmp_path, "pkg")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        quantize_talker_main([str(src), str(out), "--method", "rtn", "--debug"])
+    monkeypatch.setenv("TTS_AWQ_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        quantize_talker_main([str(src), str(out), "--method", "rtn"])
+    assert not out.exists()
+
+
+def test_sigterm_removes_the_temp_dir_and_exits_143(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    argv = [sys.executable, "-m", "tts_awq.cli", "quantize-talker", str(src), str(out), *QUICK]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(p.name.startswith(".pkg.tmp-") for p in tmp_path.iterdir()):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be terminated"
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=300)
+    err = proc.stderr.read()  # type: ignore[union-attr]
+    assert code == EXIT_TERMINATED, err[-2000:]
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: terminated (SIGTERM); no output was written (temporary files removed)"]
+    assert "Traceback" not in err and not out.exists()
+    _no_leftovers(tmp_path, "pkg")
+
+
+# ------------------------------------------------------------------------------------- options at parse time
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--seq-len", "1"], "--seq-len: 1 is below 2"),
+    (["--seq-len", "x"], "not an integer"),
+    (["--n-samples", "0"], "--n-samples: 0 is below 1"),
+    (["--calib-batch-size", "0"], "--calib-batch-size"),
+    (["--group-size", "1"], "--group-size"),
+    (["--w-bit", "3"], "--w-bit"),
+    (["--max-shard-size", "0"], "--max-shard-size"),
+    (["--max-shard-size", "nan"], "--max-shard-size"),
+    (["--method", "gptq"], "--method"),
+])
+def test_quantize_options_are_checked_at_parse_time(src: Path, tmp_path: Path, argv: list[str], needle: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        quantize_talker_main([str(src), str(tmp_path / "pkg"), *argv])
+    _expect(int(info.value.code), EXIT_USER, capsys, needle)
+    assert not (tmp_path / "pkg").exists()
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--seeds", "0"], "--seeds"), (["--max-new-tokens", "1"], "--max-new-tokens"), (["--n-prompts", "0"], "--n-prompts"),
+])
+def test_validate_options_are_checked_at_parse_time(tmp_path: Path, argv: list[str], needle: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        validate_awq_main([str(tmp_path / "pkg"), "--reference", str(tmp_path), *argv])
+    _expect(int(info.value.code), EXIT_USER, capsys, needle)
+
+
+@pytest.mark.parametrize("argv", [["merge", "--base", "a", "--model", "b:0.5", "c", "--density", "2"],
+                                  ["blend", "--tts", "a", "--llm", "b"], ["bogus-command"]])
+def test_other_commands_parse_errors_are_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    _expect(int(info.value.code), EXIT_USER, capsys)
+
+
+# ------------------------------------------------------------------------------------------------- integrity
+
+
+def _tampered(rtn_package: Path, tmp_path: Path, how: str) -> Path:
+    pkg = tmp_path / "tampered"
+    shutil.copytree(rtn_package, pkg)
+    if how == "edited":
+        data = bytearray((pkg / "model.safetensors").read_bytes())
+        data[-7] ^= 0x01  # one bit of the last tensor
+        (pkg / "model.safetensors").write_bytes(bytes(data))
+    else:
+        (pkg / "extra.bin").write_bytes(b"added later")
+    return pkg
+
+
+@pytest.mark.parametrize("how", ["edited", "added"])
+def test_validate_awq_refuses_a_tampered_package_before_measuring(
+        rtn_package: Path, tiny_root: dict[str, Path], tmp_path: Path, how: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pkg = _tampered(rtn_package, tmp_path, how)
+    code = validate_awq_main([str(pkg), "--reference", str(tiny_root["tiny-darwin"]), "--n-prompts", "1",
+                              "--seeds", "1", "--max-new-tokens", "8", "--device", "cpu"])
+    _expect(code, EXIT_USER, capsys, "model.safetensors: changed" if how == "edited" else "extra.bin")
+    assert not (pkg / "validation").exists()
+    assert "validation" not in json.loads((pkg / "provenance.json").read_text())
+
+
+@pytest.mark.parametrize("how", ["edited", "added"])
+def test_load_quantized_verify_checks_sha256(rtn_package: Path, tmp_path: Path, how: str) -> None:
+    import tts_awq
+    from tts_awq.errors import UserError
+
+    pkg = _tampered(rtn_package, tmp_path, how)
+    with pytest.raises(UserError, match="changed since quantize-talker" if how == "edited" else "extra.bin"):
+        tts_awq.load_quantized(pkg, verify=True)
+    if how == "added":
+        assert tts_awq.load_quantized(pkg, kernel="dequant") is not None  # without verify only cheap checks
