@@ -134,6 +134,13 @@ def child_load(kind: str, path: str, device: str, dtype: str) -> dict:
 
     from tts_awq.memory import current_rss_bytes, peak_rss_bytes
 
+    if kind == "bf16":
+        from tts_awq.qwen_tts_compat import qwen_tts_classes
+    else:
+        import tts_awq.loading  # noqa: F401
+        from tts_awq.qwen_tts_compat import qwen_tts_classes
+    qwen_tts_classes()  # both sides import the same stack before the baseline is read
+    baseline_mb = current_rss_bytes() / 2**20
     start = time.perf_counter()
     tts = _load(kind, path, device, dtype)
     if device.startswith("cuda"):
@@ -142,7 +149,7 @@ def child_load(kind: str, path: str, device: str, dtype: str) -> dict:
     after_load = {"rss_mb": current_rss_bytes() / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20}
     _never_stop(tts)
     frames = _say(tts, 2)  # touches every weight a generation needs (memory-mapped pages become resident)
-    return {"load_s": load_s, "after_load": after_load, "frames": frames,
+    return {"load_s": load_s, "after_load": after_load, "frames": frames, "baseline_rss_mb": baseline_mb,
             "after_first_frames_rss_mb": current_rss_bytes() / 2**20, "bytes": _model_bytes(tts)}
 
 
@@ -304,10 +311,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((label, r))
         base = rows[0][1]
         lines += ["### c) load", "",
-                  "| loader | load s | peak RSS MB at load | peak RSS MB incl. a 2-frame generation | ratio |",
-                  "|---|---|---|---|---|"]
+                  "| loader | load s | peak RSS MB at load | peak RSS MB incl. a 2-frame generation | ratio | "
+                  "same minus the process's RSS before loading (imports) MB | ratio |", "|---|---|---|---|---|---|---|"]
+        base_model = base["peak_rss_mb"] - base["baseline_rss_mb"]
         lines += [f"| {label} | {r['load_s']:.1f} | {r['after_load']['peak_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
-                  f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} |" for label, r in rows]
+                  f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} | {r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} | "
+                  f"{(r['peak_rss_mb'] - r['baseline_rss_mb']) / base_model:.2f} |" for label, r in rows]
         lines += ["", "Both loaders memory-map what they do not convert (qwen-tts: every tensor; tts-awq: all but "
                   "the INT4 triples), so pages count once touched: the column with a generation is the fair one "
                   "(the text embedding is touched only in the looked-up rows by either).", ""]

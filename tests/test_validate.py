@@ -68,10 +68,16 @@ def _one_thread() -> Any:
 
 
 def edit_weights(root: Path, edit: Any) -> None:
+    """Damage the weights and re-record them in provenance, as if quantize-talker itself had written a bad package
+    (validate-awq refuses packages edited after quantize-talker)."""
     path = root / "model.safetensors"
     tensors = load_file(str(path))
     edit(tensors)
     save_file(tensors, str(path), metadata={"format": "pt"})
+    prov_path = root / "provenance.json"
+    prov = json.loads(prov_path.read_text())
+    prov["outputs_sha256"]["model.safetensors"] = sha256_file(path)
+    prov_path.write_text(json.dumps(prov, indent=2))
 
 
 def scale_eos_row(factor: float) -> Any:

@@ -20,7 +20,7 @@ from tts_awq.checkpoint import TensorStore, detect_layout, resolve_source
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
 from tts_awq.checkpoint.store import require_finite
 from tts_awq.errors import UserError
-from tts_awq.memory import component_bytes, format_bytes
+from tts_awq.memory import component_bytes, format_bytes, release_free_memory
 from tts_awq.offload import HostEmbedding
 from tts_awq.provenance import read_provenance, verify_outputs
 from tts_awq.quantize.kernels import KERNELS
@@ -121,19 +121,6 @@ def _load_int4_linears(model: nn.Module, store: TensorStore, quantized: list[str
             setattr(module, suffix, tensor.to(device))
 
     return prepare_int4_linears(model, kernel, fill)
-
-
-def release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them after many mid-sized frees: the converted AWQ
-    triples), so RSS reflects what the model holds."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 def prepare_int4_linears(model: nn.Module, kernel: str,

@@ -34,7 +34,7 @@ def _stage_of(path: Path) -> str | None:
 
 
 def check_overwrite_target(out: Path, stage: str) -> None:
-    """Refuse to ``--overwrite`` anything but a tts-awq output of ``stage``."""
+    """Refuse to ``--overwrite`` anything but a tts-awq output of ``stage`` (or an empty directory)."""
     real = out.resolve()
     protected = {Path.cwd().resolve(), Path.home().resolve(), Path(real.anchor)}
     if real in protected or real in Path.cwd().resolve().parents:
@@ -42,6 +42,8 @@ def check_overwrite_target(out: Path, stage: str) -> None:
                         "working directory); choose a dedicated OUT")
     if not real.is_dir():
         raise UserError(f"{out}: exists and is not a directory; remove it or choose another OUT")
+    if not any(real.iterdir()):
+        return  # an empty directory holds nothing to lose
     found = _stage_of(real)
     if found != stage:
         what = f"a tts-awq {found} output" if found else "not a tts-awq output (no tts-awq provenance.json)"

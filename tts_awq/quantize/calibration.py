@@ -20,6 +20,7 @@ from tts_awq.checkpoint.files import sha256_file
 from tts_awq.checkpoint.layout import CODEC_DIR, Layout
 from tts_awq.checkpoint.store import TensorStore
 from tts_awq.errors import UserError
+from tts_awq.memory import release_free_memory
 from tts_awq.prompts import Prompt, VoiceClip, load_prompts, load_voice_clips, read_voice
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ def capture_tts(model_dir: Path, prompts: list[Prompt], voices: list[VoiceClip],
         capture.close()
     del tts, talker
     gc.collect()  # the full-precision model must be gone before the layer loop (its RSS would stay otherwise)
+    release_free_memory()
     if capture.position_mismatches:
         raise RuntimeError(f"talker positions were not 0..L-1 in {capture.position_mismatches} captured calls; "
                            "this qwen-tts version feeds the talker differently and calibration would be wrong")

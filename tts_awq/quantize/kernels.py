@@ -22,6 +22,8 @@ import torch
 log = logging.getLogger(__name__)
 
 KERNELS = ("auto", "int4mm", "dequant")
+#: Weights up to this many elements (16 MB in float32) are dequantized whole on CPU; larger ones group by group.
+SMALL_WEIGHT = 1 << 22
 INT4MM_GROUP_SIZES = (32, 64, 128, 256)
 INT4MM_DTYPE = torch.bfloat16
 
@@ -124,11 +126,14 @@ def dequant_matmul(x: torch.Tensor, nibbles: torch.Tensor, scales: torch.Tensor,
     if x.dtype != torch.float32:
         # Low-precision activations use the float32 loop: exact, and faster on CPU than bfloat16 elementwise ops.
         return dequant_matmul(x.float(), nibbles, scales, zeros).to(x.dtype)
-    groups, half, _ = nibbles.shape
+    groups, half, out_features = nibbles.shape
     xg = x.reshape(x.shape[0], groups, 2 * half)
-    x_even, x_odd = xg[..., 0::2], xg[..., 1::2]
     out = xg.sum(-1) @ (zeros * scales)  # sum_g (sum_k x_k) z s: the zero-point term, subtracted
     out.neg_()
+    if groups * 2 * half * out_features <= SMALL_WEIGHT:  # fits in cache whole: fewer, larger ops win
+        codes = nibbles_to_codes(nibbles).to(x.dtype).mul_(scales[:, None])
+        return out.addmm_(x, codes.reshape(-1, out_features))
+    x_even, x_odd = xg[..., 0::2], xg[..., 1::2]
     for g in range(groups):  # q * s for one group at a time: the slice stays in cache
         low = (nibbles[g] & 15).to(x.dtype).mul_(scales[g])
         high = (nibbles[g] >> 4).to(x.dtype).mul_(scales[g])
