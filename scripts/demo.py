@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 
 import tts_awq
+from tts_awq.constants import DEFAULT_SEED
 from tts_awq.prompts import load_voice_clips, read_voice
 from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
 from tts_awq.testing.tiny import build_tiny_darwin
@@ -42,7 +43,7 @@ def main() -> int:
     tts = tts_awq.load_quantized(package, device="cuda" if args.device == "cuda" else "cpu")
     clip = load_voice_clips()[0]
     wav, sr = read_voice(clip)
-    torch.manual_seed(1729)
+    torch.manual_seed(DEFAULT_SEED)
     wavs, out_sr = tts.generate_voice_clone(text="Hello from a four-bit talker.", language="english",
                                             ref_audio=(wav, sr), x_vector_only_mode=True, max_new_tokens=48)
     wav_path = args.out / "tiny-darwin-awq.wav"

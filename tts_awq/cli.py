@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tts_awq import __version__
 from tts_awq.cli_types import OneLineParser, float_in, int_at_least
+from tts_awq.constants import DEFAULT_SEED
 from tts_awq.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -34,8 +35,10 @@ def _add_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="output package directory (written atomically)")
     p.add_argument("--group-size", type=int_at_least(2), default=128)
     p.add_argument("--w-bit", type=int, default=4, choices=[4], help="only 4 is storable in the AWQ GEMM format")
-    p.add_argument("--method", default="awq", choices=["awq", "rtn"], help="rtn = round-to-nearest baseline")
-    p.add_argument("--seed", type=int, default=1729)
+    from tts_awq.quantize.engine import METHODS as QUANT_METHODS
+
+    p.add_argument("--method", default="awq", choices=list(QUANT_METHODS), help="rtn = round-to-nearest baseline")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--seq-len", type=int_at_least(2, "qwen-tts generates at least 2 codec frames per prompt"),
                    default=512, help="cap on each calibration sequence (talker rows)")
     p.add_argument("--n-samples", type=int_at_least(1), default=128, help="number of calibration prompts")
@@ -116,26 +119,19 @@ def _run_repack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_weight(text: str) -> tuple[str, float]:
-    spec, sep, weight = text.rpartition(":")
-    if not sep:
-        return text, 1.0
-    try:
-        return spec, float(weight)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--model {text}: expected PATH:WEIGHT, e.g. ./ft-a:0.6") from exc
-
-
 def _add_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="base checkpoint directory or .pth file")
-    p.add_argument("--model", action="append", required=True, type=_model_weight, metavar="PATH:WEIGHT")
+    from tts_awq.upstream.merge import parse_model_spec
+
+    p.add_argument("--model", action="append", required=True, type=parse_model_spec, metavar="PATH:WEIGHT")
     p.add_argument("out", type=Path)
-    p.add_argument("--method", default="task_arithmetic",
-                   choices=["linear", "task_arithmetic", "ties", "dare_linear"])
+    from tts_awq.upstream.merge_methods import METHODS as MERGE_METHODS
+
+    p.add_argument("--method", default="task_arithmetic", choices=sorted(MERGE_METHODS))
     p.add_argument("--density", type=float_in(0.0, 1.0, low_open=True), default=None, help="kept fraction (0,1] for ties / dare_linear (0.5)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="linear / ties: divide by the sum of weights (default on)")
-    p.add_argument("--seed", type=int, default=1729, help="DARE drop mask seed")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="DARE drop mask seed")
     p.add_argument("--unmatched", default="error", help="error | drop | keep:NAME (NAME = base or a --model PATH)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run_merge)

@@ -18,6 +18,7 @@ from tts_awq.checkpoint.files import list_files
 from tts_awq.checkpoint.layout import TTS_KIND
 from tts_awq.checkpoint.source import CODEC_AND_PROCESSOR_FILES
 from tts_awq.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
+from tts_awq.constants import DEFAULT_SEED
 from tts_awq.errors import UserError
 from tts_awq.memory import current_rss_bytes
 from tts_awq.provenance import Provenance
@@ -35,7 +36,7 @@ class QuantizeOptions:
     group_size: int = 128
     w_bit: int = 4
     method: str = "awq"
-    seed: int = 1729
+    seed: int = DEFAULT_SEED
     seq_len: int = 512
     n_samples: int = 128
     calib: str | None = None

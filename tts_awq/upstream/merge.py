@@ -42,6 +42,7 @@ from tts_awq.checkpoint import (
     sha256_file,
 )
 from tts_awq.checkpoint.store import INDEX_NAME, WEIGHTS_NAME, require_finite
+from tts_awq.constants import DEFAULT_SEED
 from tts_awq.errors import UserError
 from tts_awq.provenance import PROVENANCE_NAME, Provenance, describe_input
 from tts_awq.upstream.merge_methods import MergeMethod, get_method, tensor_seed
@@ -330,7 +331,7 @@ def merge_checkpoints(
     out: str | Path,
     method: str = "task_arithmetic",
     density: float | None = None,
-    seed: int = 1729,
+    seed: int = DEFAULT_SEED,
     unmatched: str = "error",
     overwrite: bool = False,
     normalize: bool | None = None,

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tts_awq.constants import DEFAULT_SEED
 from tts_awq.errors import UserError
 
 
@@ -196,14 +197,14 @@ def ties(
     return _add_to_base(base, base32, mixed)
 
 
-@register("dare_linear", params={"density": 0.5, "seed": 1729})
+@register("dare_linear", params={"density": 0.5, "seed": DEFAULT_SEED})
 def dare_linear(
     base: Tensor | None,
     tensors: list[Tensor],
     weights: list[float],
     *,
     density: float = 0.5,
-    seed: int = 1729,
+    seed: int = DEFAULT_SEED,
 ) -> Tensor:
     """DARE: drop each task-vector entry with probability ``1 - density``, rescale by ``1/density``, weighted sum.
 

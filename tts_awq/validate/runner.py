@@ -16,6 +16,7 @@ import torch
 from tts_awq import __version__
 from tts_awq.checkpoint.atomic import atomic_output_dir
 from tts_awq.checkpoint.files import hash_tree, list_files, sha256_file
+from tts_awq.constants import DEFAULT_SEED
 from tts_awq.errors import UserError
 from tts_awq.prompts import Prompt, load_prompts, load_voice_clips, read_voice
 from tts_awq.provenance import PROVENANCE_NAME, git_commit, library_versions, read_provenance, verify_outputs
@@ -37,7 +38,7 @@ from tts_awq.validate.synth import Job, decode, generate
 log = logging.getLogger(__name__)
 
 VALIDATION_DIR = package_mod.VALIDATION_DIR
-SEED_BASE = 1729
+SEED_BASE = DEFAULT_SEED
 DEFAULT_SEEDS = 2
 DEFAULT_MAX_NEW_TOKENS = 2048
 
