@@ -229,7 +229,8 @@ def test_sigterm_removes_the_temp_dir_and_exits_143(src: Path, tmp_path: Path) -
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 300
-    while time.time() < deadline and not any(p.name.startswith(".pkg.tmp-") for p in tmp_path.iterdir()):
+    while time.time() < deadline and not any(p.name.startswith((".pkg.tmp-", ".pkg.partial-"))
+                                             for p in tmp_path.iterdir()):
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be terminated"
     proc.send_signal(signal.SIGTERM)
@@ -319,3 +320,62 @@ def test_load_quantized_verify_checks_sha256(rtn_package: Path, tmp_path: Path, 
         tts_awq.load_quantized(pkg, verify=True)
     if how == "added":
         assert tts_awq.load_quantized(pkg, kernel="dequant") is not None  # without verify only cheap checks
+
+
+# -------------------------------------------------------------------------------------------- crash resume
+
+
+def _kill_after_layer(argv: list[str], tmp_path: Path, out_name: str, layer: int) -> None:
+    """Start quantize-talker and SIGKILL it as soon as layer ``layer`` is committed to its resume state."""
+    proc = subprocess.Popen([sys.executable, "-m", "tts_awq.cli", "quantize-talker", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            for partial in tmp_path.glob(f".{out_name}.partial-*"):
+                progress = partial / ".resume" / "progress.json"
+                if progress.is_file() and json.loads(progress.read_text()).get("next_layer", 0) > layer:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(timeout=60)
+                    return
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    raise AssertionError("the run ended before it could be killed")
+
+
+def test_resume_after_kill_9_is_byte_identical_to_an_uninterrupted_run(
+        src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    calib = ["--n-samples", "6", "--seq-len", "40", "--calib-batch-size", "6", "--device", "cpu"]
+    whole = tmp_path / "whole"
+    assert subprocess.run([sys.executable, "-m", "tts_awq.cli", "quantize-talker", str(src), str(whole), *calib],
+                          capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode == 0
+    out = tmp_path / "pkg"
+    _kill_after_layer([str(src), str(out), *calib], tmp_path, "pkg", layer=1)
+    partial = next(tmp_path.glob(".pkg.partial-*"))
+    assert not out.exists() and json.loads((partial / ".resume" / "progress.json").read_text())["next_layer"] == 2
+    # without --resume: refused, the state is kept
+    code = quantize_talker_main([str(src), str(out), *calib])
+    _expect(code, EXIT_USER, capsys, "stale partial run", "--resume")
+    assert partial.is_dir()
+    # with --resume: continues after layer 1, same bytes as the uninterrupted run
+    assert quantize_talker_main([str(src), str(out), *calib, "--resume"]) == 0
+    files = [f for f in sorted(p.relative_to(whole).as_posix() for p in whole.rglob("*") if p.is_file())
+             if f != "provenance.json"]
+    assert hash_tree(out, files) == hash_tree(whole, files)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        [*files, "provenance.json"])  # no resume state left in the package
+    assert json.loads((out / "provenance.json").read_text())["resumed_after_layers"] == 2
+    _no_leftovers(tmp_path, "pkg")
+
+
+def test_resume_refuses_a_partial_run_of_other_options(src: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    calib = ["--n-samples", "6", "--seq-len", "40", "--calib-batch-size", "6", "--device", "cpu"]
+    out = tmp_path / "pkg"
+    _kill_after_layer([str(src), str(out), *calib], tmp_path, "pkg", layer=0)
+    code = quantize_talker_main([str(src), str(out), *calib, "--seed", "7", "--resume"])
+    _expect(code, EXIT_USER, capsys, "stale partial run of this OUT with other sources or options", "remove it")
+    assert len(list(tmp_path.glob(".pkg.partial-*"))) == 1 and not out.exists()

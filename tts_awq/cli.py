@@ -52,6 +52,8 @@ def _add_quantize(p: argparse.ArgumentParser) -> None:
                    help="GiB per safetensors shard")
     p.add_argument("--no-clip", action="store_true", help="skip the weight-clip search")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run of the same command from its .OUT.partial-* directory")
     p.set_defaults(func=_run_quantize)
 
 
@@ -63,7 +65,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         seed=args.seed, seq_len=args.seq_len, n_samples=args.n_samples, calib=args.calib,
         calib_batch_size=args.calib_batch_size, device=args.device, overwrite=args.overwrite,
         codec_from=args.codec_from, revision=args.revision, max_shard_bytes=int(args.max_shard_size * (1 << 30)),
-        clip=not args.no_clip,
+        clip=not args.no_clip, resume=args.resume,
     ))
     print(out)
     return 0

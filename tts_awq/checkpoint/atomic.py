@@ -93,19 +93,42 @@ def _exclusive_lock(out: Path) -> Iterator[None]:
         handle.close()
 
 
+def partial_dir(out: Path, key: str, resume: bool) -> Path:
+    """The deterministic build directory ``.OUT.partial-<key>`` of a resumable run (created unless resuming)."""
+    tmp = out.parent / f".{out.name}.partial-{key}"
+    prefix = f".{out.name}.partial-"
+    others = sorted(p for p in out.parent.iterdir() if p.name.startswith(prefix) and p != tmp)
+    if others:
+        raise UserError(f"{others[0]}: a stale partial run of this OUT with other sources or options; remove it "
+                        "(rm -r) and run again")
+    if tmp.exists():
+        if not resume:
+            raise UserError(f"{tmp}: a stale partial run of this same command (killed?); rerun with --resume to "
+                            "continue after its last finished layer, or remove it")
+        return tmp
+    tmp.mkdir(mode=0o700)
+    return tmp
+
+
 @contextmanager
 def atomic_output_dir(out: Path, overwrite: bool = False, sources: tuple[Path, ...] = (),
-                      stage: str | None = None) -> Iterator[Path]:
+                      stage: str | None = None, partial_key: str | None = None,
+                      resume: bool = False) -> Iterator[Path]:
     """Yield a temp dir; on success it replaces ``out``; on any error it is removed and ``out`` is untouched.
 
-    ``stage`` (the writing command's provenance stage) limits ``overwrite`` to outputs of that stage."""
+    ``stage`` (the writing command's provenance stage) limits ``overwrite`` to outputs of that stage. With
+    ``partial_key`` the temp dir is ``.OUT.partial-<key>`` (see :func:`partial_dir`): only a SIGKILL leaves it, and
+    ``resume=True`` reuses it."""
     out = check_output_dir(out, overwrite, sources, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(out):
         existed = out.exists()
         if existed and not overwrite:  # appeared between the check and the lock
             raise UserError(f"{out}: appeared while this run started; pass --overwrite or choose another OUT")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        if partial_key is None:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        else:
+            tmp = partial_dir(out, partial_key, resume)
         umask = os.umask(0)
         os.umask(umask)
         try:

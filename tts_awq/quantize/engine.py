@@ -48,6 +48,7 @@ class LayerResult:
     index: int
     tensors: dict[str, torch.Tensor]  # output tensors, names relative to the layer prefix
     stats: dict[str, object] = field(default_factory=dict)
+    next_inputs: Activations | None = field(default=None, repr=False)  # full-precision input of the next layer
 
 
 def packed_names(linear: str) -> tuple[str, str, str]:
@@ -155,13 +156,15 @@ def pack_layer(weights: dict[str, torch.Tensor], source_dtypes: dict[str, torch.
 
 
 def run_awq(store: TensorStore, spec: DecoderSpec, xs: Activations, options: AwqOptions,
-            device: torch.device | str = "cpu", progress: bool = True) -> Iterator[LayerResult]:
-    """Quantize every decoder layer in order; yields each layer's output tensors as soon as it is done."""
+            device: torch.device | str = "cpu", progress: bool = True, start: int = 0) -> Iterator[LayerResult]:
+    """Quantize decoder layers ``start`` .. N-1 in order (``xs``: the activations entering layer ``start``); yields
+    each layer's output tensors, and the next layer's input, as soon as it is done."""
     from tqdm.auto import tqdm
 
     runner = DecoderRunner(spec, device)
     xs = [x.to(runner.device, torch.float32) for x in xs]
-    bar = tqdm(range(spec.num_layers), desc=f"{options.method.upper()} layers", disable=not progress, unit="layer")
+    bar = tqdm(range(start, spec.num_layers), desc=f"{options.method.upper()} layers", disable=not progress,
+               unit="layer", initial=start, total=spec.num_layers)
     for index in bar:
         prefix = f"{spec.layer_prefix}{index}."
         names = [n for n in store.keys() if n.startswith(prefix)]
@@ -171,4 +174,4 @@ def run_awq(store: TensorStore, spec: DecoderSpec, xs: Activations, options: Awq
         del tensors
         weights, stats, xs = quantize_layer(runner, layer, xs, options)
         del layer
-        yield LayerResult(index=index, tensors=pack_layer(weights, dtypes, options), stats=stats)
+        yield LayerResult(index=index, tensors=pack_layer(weights, dtypes, options), stats=stats, next_inputs=xs)

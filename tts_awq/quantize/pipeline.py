@@ -25,6 +25,7 @@ from tts_awq.provenance import Provenance
 from tts_awq.quantize.calibration import Calibration, build_calibration
 from tts_awq.quantize.engine import METHODS, AwqOptions, check_layer_shapes, run_awq
 from tts_awq.quantize.reassemble import PackageWriter, module_census
+from tts_awq.quantize.resume import ResumeState, run_key
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class QuantizeOptions:
     duo_scaling: bool = True
     clip: bool = True
     progress: bool = True
+    resume: bool = False  # continue a killed run's .OUT.partial-<key> directory
 
 
 def _check_finite(store: TensorStore, progress: bool) -> None:
@@ -128,14 +130,26 @@ def quantize_talker(options: QuantizeOptions) -> Path:
     awq = AwqOptions(bits=options.w_bit, group_size=options.group_size, method=options.method,
                      duo_scaling=options.duo_scaling, clip=options.clip)
     sources = (source.path,) + ((base.path,) if base else ())
-    with atomic_output_dir(options.out, options.overwrite, sources=sources, stage="quantize-talker") as tmp:
+    with prov.timed("run_key"):
+        key = run_key(asdict(options), list(sources), options.calib)
+    with atomic_output_dir(options.out, options.overwrite, sources=sources, stage="quantize-talker",
+                           partial_key=key, resume=options.resume) as tmp:
+        state = ResumeState(tmp)
+        done = state.finished_layers()
+        saved_calibration = state.load_calibration() if done else None
+        if done and saved_calibration is None:
+            done = 0
+        if done:
+            log.info("resuming %s after layer %d of %d", tmp, done - 1, layout.decoder.num_layers)
         package = PackageWriter(tmp, store, layout, awq, options.max_shard_bytes)
         codec_files: list[str] = []
         if base is not None and not layout.has_codec:
             from tts_awq.upstream.repack import copy_codec_into
 
             codec_files = copy_codec_into(tmp, base.path)
-        if awq.method == "rtn":  # round-to-nearest needs no activations
+        if saved_calibration is not None:
+            calibration = saved_calibration
+        elif awq.method == "rtn":  # round-to-nearest needs no activations
             calibration = Calibration([], {"mode": "none (round-to-nearest)", "n_samples": 0, "n_tokens": 0})
         else:
             with prov.timed("calibration"), _model_dir_with_copied_files(source.path, tmp, codec_files) as model_dir:
@@ -144,18 +158,29 @@ def quantize_talker(options: QuantizeOptions) -> Path:
                                                 options.calib_batch_size, progress=options.progress)
         log.info("calibration: %d sequences, %d tokens; RSS now %.0f MB", len(calibration.sequences),
                  calibration.n_tokens, current_rss_bytes() / 2**20)
-        calibration.info["rss_mb_after"] = round(current_rss_bytes() / 2**20, 1)
+        if saved_calibration is None:
+            calibration.info["rss_mb_after"] = round(current_rss_bytes() / 2**20, 1)
+            state.save_calibration(calibration)
         layer_stats: list[dict[str, Any]] = []
         with prov.timed("write_kept_tensors"):
             package.write_kept_tensors()
+        for index in range(done):  # layers a killed run finished
+            result = state.load_layer(index)
+            package.write_layer(result)
+            layer_stats.append({"layer": result.index, **result.stats})
+        xs = state.load_inputs() if done else calibration.sequences
         with prov.timed("quantize_layers"):
-            for result in run_awq(store, layout.decoder, calibration.sequences, awq, device, options.progress):
+            for result in run_awq(store, layout.decoder, xs, awq, device, options.progress, start=done):
+                state.save_layer(result, result.next_inputs or [])
+                result.next_inputs = None
                 package.write_layer(result)
                 layer_stats.append({"layer": result.index, **result.stats})
+        state.discard()
         with prov.timed("finish"):
             weight_files = package.finish()
         prov.parameters = {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "progress"},
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()
+               if k not in ("progress", "resume")},
             "awq": awq.to_dict(),
             "zero_point": True,
             "version": "gemm",
@@ -171,6 +196,7 @@ def quantize_talker(options: QuantizeOptions) -> Path:
             "files": {"copied_verbatim": package.copied, "codec_from_base": codec_files,
                       "weights_written": weight_files},
             "layer_stats": layer_stats,
+            "resumed_after_layers": done,
         }
         prov.write(tmp, device=device if device == "cpu" else torch.cuda.get_device_name(device))
         log.info("wrote %d files", len(list_files(tmp)))
