@@ -6,7 +6,7 @@ Two kernels, both built once at load time from the unpacked codes ``q`` (uint8 `
 * ``int4mm``: torch's tinygemm int4 kernels (CPU ``_weight_int4pack_mm_for_cpu``, CUDA ``_weight_int4pack_mm``).
   They compute ``(q - 8) * scale + zero`` per group, so AWQ's integer zero maps to the float zero ``(8 - z) * s``.
   Activations are bfloat16 inside the kernel (CUDA accepts nothing else; the CPU kernel's float32/float16 paths
-  measured 5-60x slower than its bfloat16 path), the result is cast back to the caller's dtype.
+  measured 60-110x slower than its bfloat16 path), the result is cast back to the caller's dtype.
 * ``dequant``: codes kept as two nibbles per byte (the same 0.5 byte per weight), paired along ``in`` inside each
   group. On CPU the matmul runs group by group so the dequantized slice stays in cache; elsewhere the whole weight
   is dequantized in one vectorized pass. Exact ``(q - z) * s`` arithmetic in the activation dtype.
