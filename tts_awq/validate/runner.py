@@ -267,7 +267,7 @@ def validate_package(out: str | Path, reference: str | Path, eval: str | Path | 
     _free(pkg, ref)
     t = time.perf_counter()
     qconfig = dict(pkg.layout.config["quantization_config"])
-    group_size = int(qconfig.get("group_size", 128))
+    group_size = int(qconfig["group_size"])  # checked against the stored tensors by load_quantized (no default)
     bits = int(qconfig.get("bits", qconfig.get("w_bit", 4)))
     pkg_store, ref_store = pkg.store(), ref.store()
     layer_report = layers.layer_errors(ref_store, pkg_store, pkg.layout.decoder, layers.held_out(held_rows), bits,
