@@ -61,12 +61,17 @@ def read_provenance(directory: Path) -> dict[str, Any] | None:
         return {"unreadable": str(path)}
 
 
-def describe_input(role: str, source: Any, root: Path) -> dict[str, Any]:
-    """An input directory: its spec/revision, sha256 of every file, and its own provenance if it has one."""
-    files = [rel for rel in list_files(root) if rel != PROVENANCE_NAME]
+def input_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file of an input directory except its provenance.json."""
+    return hash_tree(root, [rel for rel in list_files(root) if rel != PROVENANCE_NAME])
+
+
+def describe_input(role: str, source: Any, root: Path, files_sha256: dict[str, str] | None = None) -> dict[str, Any]:
+    """An input directory: its spec/revision, sha256 of every file (``files_sha256`` when the caller already hashed
+    them), and its own provenance if it has one."""
     entry: dict[str, Any] = {"role": role}
     entry.update(source.describe() if hasattr(source, "describe") else {"spec": str(source), "path": str(root)})
-    entry["files_sha256"] = hash_tree(root, files)
+    entry["files_sha256"] = files_sha256 if files_sha256 is not None else input_hashes(root)
     parent = read_provenance(root)
     if parent is not None:
         entry["provenance"] = parent
@@ -89,8 +94,8 @@ class Provenance:
         finally:
             self.timings_s[name] = round(self.timings_s.get(name, 0.0) + time.perf_counter() - start, 3)
 
-    def add_input(self, role: str, source: Any, root: Path) -> None:
-        self.inputs.append(describe_input(role, source, root))
+    def add_input(self, role: str, source: Any, root: Path, files_sha256: dict[str, str] | None = None) -> None:
+        self.inputs.append(describe_input(role, source, root, files_sha256))
 
     def to_dict(self, out_dir: Path, device: str | None = None) -> dict[str, Any]:
         outputs = hash_tree(out_dir, [rel for rel in list_files(out_dir) if rel != PROVENANCE_NAME])

@@ -21,7 +21,7 @@ from tts_awq.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
 from tts_awq.constants import DEFAULT_SEED
 from tts_awq.errors import UserError
 from tts_awq.memory import current_rss_bytes
-from tts_awq.provenance import Provenance
+from tts_awq.provenance import Provenance, input_hashes
 from tts_awq.quantize.calibration import Calibration, build_calibration
 from tts_awq.quantize.engine import METHODS, AwqOptions, check_layer_shapes, run_awq
 from tts_awq.quantize.reassemble import PackageWriter, module_census
@@ -130,8 +130,9 @@ def quantize_talker(options: QuantizeOptions) -> Path:
     awq = AwqOptions(bits=options.w_bit, group_size=options.group_size, method=options.method,
                      duo_scaling=options.duo_scaling, clip=options.clip)
     sources = (source.path,) + ((base.path,) if base else ())
-    with prov.timed("run_key"):
-        key = run_key(asdict(options), list(sources), options.calib)
+    with prov.timed("hash_sources"):  # once: for the resume key and for provenance
+        source_hashes = [input_hashes(root) for root in sources]
+        key = run_key(asdict(options), source_hashes, options.calib)
     with atomic_output_dir(options.out, options.overwrite, sources=sources, stage="quantize-talker",
                            partial_key=key, resume=options.resume) as tmp:
         state = ResumeState(tmp)
@@ -185,9 +186,9 @@ def quantize_talker(options: QuantizeOptions) -> Path:
             "zero_point": True,
             "version": "gemm",
         }
-        prov.add_input("source", source, source.path)
+        prov.add_input("source", source, source.path, source_hashes[0])
         if base is not None:
-            prov.add_input("codec_from", base, base.path)
+            prov.add_input("codec_from", base, base.path, source_hashes[1])
         prov.extra = {
             "layout": {"kind": layout.kind, "decoder": layout.decoder.model_type,
                        "num_layers": layout.decoder.num_layers, "layer_prefix": layout.decoder.layer_prefix},

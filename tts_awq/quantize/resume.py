@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tts_awq import __version__
-from tts_awq.checkpoint.files import hash_tree, list_files, sha256_file
+from tts_awq.checkpoint.files import sha256_file
 from tts_awq.quantize.calibration import Calibration
 from tts_awq.quantize.engine import LayerResult
 
@@ -31,8 +31,9 @@ RESUME_DIR = ".resume"
 _NOT_IN_KEY = ("out", "overwrite", "resume", "progress")
 
 
-def run_key(options: dict[str, Any], sources: list[Path], calibration_source: str | None) -> str:
-    """16 hex digits identifying a run's result: tool version, sources' file hashes, calibration, options."""
+def run_key(options: dict[str, Any], source_hashes: list[dict[str, str]], calibration_source: str | None) -> str:
+    """16 hex digits identifying a run's result: tool version, the sources' file hashes (as
+    :func:`tts_awq.provenance.input_hashes` gives them), calibration, options."""
     from tts_awq.prompts import CALIB_DATA_DIR
 
     calib_path = Path(calibration_source).expanduser() if calibration_source else CALIB_DATA_DIR / "calib.jsonl"
@@ -40,7 +41,7 @@ def run_key(options: dict[str, Any], sources: list[Path], calibration_source: st
     payload = {
         "tool": __version__,
         "options": {k: str(v) for k, v in sorted(options.items()) if k not in _NOT_IN_KEY},
-        "sources": [hash_tree(root, list_files(root)) for root in sources],
+        "sources": source_hashes,
         "calibration": calib,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
