@@ -135,10 +135,10 @@ def child_load(kind: str, path: str, device: str, dtype: str) -> dict:
     from tts_awq.memory import current_rss_bytes, peak_rss_bytes
 
     if kind == "bf16":
-        from tts_awq.qwen_tts_compat import qwen_tts_classes
+        from tts_awq.qwen_tts import qwen_tts_classes
     else:
         import tts_awq.loading  # noqa: F401
-        from tts_awq.qwen_tts_compat import qwen_tts_classes
+        from tts_awq.qwen_tts import qwen_tts_classes
     qwen_tts_classes()  # both sides import the same stack before the baseline is read
     baseline_mb = current_rss_bytes() / 2**20
     start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""End-to-end demo on the built-in tiny checkpoint: build -> quantize-talker -> load_quantized -> WAV.
+"""End-to-end demo on the built-in tiny checkpoint: build -> quantize-talker -> load_quantized -> WAV ->
+validate-awq (quick profile).
 
 Runs on a CPU in a few minutes; everything lands under --out (default demo_out/).
 """
@@ -19,6 +20,12 @@ from tts_awq.constants import DEFAULT_SEED
 from tts_awq.prompts import load_voice_clips, read_voice
 from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
 from tts_awq.testing.tiny import build_tiny_darwin
+from tts_awq.validate import validate_package
+
+#: The random tiny talker is no real TTS model: its free-running lengths are noise (it rarely stops by itself),
+#: so the demo checks the teacher-forced fidelity gates only, at thresholds measured for it (tests/test_validate.py).
+TINY_GATES = {"runaway_excess_upper95": None, "median_duration_ratio": None, "speaker_similarity_drop": None,
+              "stop_signal_ratio": None, "teacher_top1": 0.7, "kl_mean": 0.005}
 
 
 def main() -> int:
@@ -48,9 +55,12 @@ def main() -> int:
                                             ref_audio=(wav, sr), x_vector_only_mode=True, max_new_tokens=48)
     wav_path = args.out / "tiny-darwin-awq.wav"
     sf.write(wav_path, wavs[0], out_sr)
+    report = validate_package(package, paths["tiny-darwin"], profile="quick", max_new_tokens=48, batch_size=4,
+                              gates=TINY_GATES, device="cuda" if args.device == "cuda" else "cpu")
     log.info("done in %.0f s", time.perf_counter() - start)
     print(f"checkpoints : {args.out / 'checkpoints'}")
     print(f"INT4 package: {package}  (provenance: {package / 'provenance.json'})")
+    print(f"validation  : {'PASS' if report.passed else 'FAIL'} {report.markdown_path}")
     print(f"audio       : {wav_path}  ({len(wavs[0]) / out_sr:.2f} s at {out_sr} Hz; random tiny weights, so it is noise)")
     return 0
 

@@ -76,7 +76,7 @@ def test_cuda_int4mm_matches_the_dequantized_weight(shape: tuple[int, int, int])
 @pytest.mark.skipif(importlib.util.find_spec("awq") is None, reason="needs autoawq installed")
 def test_plain_from_pretrained_with_autoawq(cuda_package: Path) -> None:
     """transformers 4.57 + autoawq reads the same files through WQLinear_GEMM."""
-    from tts_awq.qwen_tts_compat import qwen_tts_classes
+    from tts_awq.qwen_tts import qwen_tts_classes
 
     tts = qwen_tts_classes().Qwen3TTSModel.from_pretrained(str(cuda_package), device_map="cuda",
                                                            dtype=torch.float16)

@@ -52,7 +52,7 @@ def eval_inputs(darwin: Path) -> list[torch.Tensor]:
 def test_package_layout_and_config(darwin: Path, package: Path) -> None:
     src_files = set(list_files(darwin)) - {"provenance.json"}
     out_files = set(list_files(package))
-    assert src_files | {"provenance.json"} == out_files
+    assert src_files | {"provenance.json", "search_state.safetensors"} == out_files
     for rel in sorted(src_files - {"config.json", "model.safetensors"}):
         assert (darwin / rel).read_bytes() == (package / rel).read_bytes(), rel
     src_cfg = json.loads((darwin / "config.json").read_text())

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from tts_awq.checkpoint.files import sha256_file
 from tts_awq.cli import main
@@ -24,10 +23,10 @@ from tts_awq.errors import UserError
 from tts_awq.quantize.int4 import quantize, rtn
 from tts_awq.quantize.pack import dequantize_gemm, pack_gemm
 from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
+from tts_awq.testing.damage import copy_package, edit_weights, scale_eos_row
 from tts_awq.validate import gates as gates_mod
 from tts_awq.validate.runner import select_prompts, validate_package
 
-EOS_ID = 2150
 N_PROMPTS = 3
 MAX_NEW_TOKENS = 32
 RUN = {"seeds": 1, "max_new_tokens": MAX_NEW_TOKENS, "n_prompts": N_PROMPTS, "device": "cpu"}
@@ -39,6 +38,7 @@ PLOTS = ("layer_errors.png", "duration_ratio.png", "kl_histogram.png", "mel_comp
 #: runaway gate is off here; the damaged-package tests check the gates that must catch them.
 TINY_GATES = {
     "runaway_count": None,
+    "runaway_excess_upper95": None,
     "median_duration_ratio": [0.1, 10.0],
     "teacher_top1": 0.7,
     "kl_mean": 0.005,
@@ -48,6 +48,7 @@ TINY_GATES = {
 #: A package compared with itself must match exactly (runaways are the tiny talker's own, identical on both sides).
 SELF_GATES = {
     "runaway_count": None,
+    "runaway_excess_upper95": None,
     "median_duration_ratio": [1.0, 1.0],
     "teacher_top1": 1.0,
     "kl_mean": 1e-9,
@@ -67,26 +68,6 @@ def _one_thread() -> Any:
     torch.set_num_threads(threads)
 
 
-def edit_weights(root: Path, edit: Any) -> None:
-    """Damage the weights and re-record them in provenance, as if quantize-talker itself had written a bad package
-    (validate-awq refuses packages edited after quantize-talker)."""
-    path = root / "model.safetensors"
-    tensors = load_file(str(path))
-    edit(tensors)
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    prov_path = root / "provenance.json"
-    prov = json.loads(prov_path.read_text())
-    prov["outputs_sha256"]["model.safetensors"] = sha256_file(path)
-    prov_path.write_text(json.dumps(prov, indent=2))
-
-
-def scale_eos_row(factor: float) -> Any:
-    def edit(tensors: dict[str, torch.Tensor]) -> None:
-        tensors["talker.codec_head.weight"][EOS_ID] *= factor
-
-    return edit
-
-
 def two_bit_rtn(group_size: int = 128) -> Any:
     """Round every INT4 talker weight to a 2-bit grid (RTN, same groups) and store it back in the INT4 format."""
 
@@ -99,11 +80,6 @@ def two_bit_rtn(group_size: int = 128) -> Any:
             tensors[f"{base}.scales"] = qw.scales.t().contiguous()
 
     return edit
-
-
-def copy_package(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("validation"))
-    return dst
 
 
 def write_gates(path: Path, gates: dict[str, Any]) -> Path:
@@ -209,6 +185,7 @@ def _stable(data: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(data)
     for key in ("timings_s", "created_unix", "tool"):
         out.pop(key, None)
+    out["metrics"].pop("throughput")
     out["package"].pop("load")
     out["package"].pop("reference_load")
     return out
@@ -216,7 +193,9 @@ def _stable(data: dict[str, Any]) -> dict[str, Any]:
 
 def test_numbers_are_deterministic(package: Path, reference: Path, tiny_gates: Path,
                                    first_report: dict[str, Any]) -> None:
+    shutil.rmtree(package / "validation" / "jobs")  # recompute every job (test_validate_scale covers the cache)
     again = validate_package(package, reference, gates=tiny_gates, **RUN)
+    assert again.data["timings_s"]["jobs_computed_here"] == N_PROMPTS
     assert _stable(again.data) == _stable(first_report["data"])
 
 
@@ -342,7 +321,7 @@ def test_gates_yaml_and_json_files(tmp_path: Path) -> None:
     assert gates_mod.load_gates(tmp_path / "g.yaml") == gates_mod.load_gates(tmp_path / "g.json")
     assert gates_mod.load_gates(None) == gates_mod.default_gates()
     defaults = {n: (g.op, g.threshold) for n, g in gates_mod.default_gates().items() if g.enabled}
-    assert defaults == {"runaway_count": ("<=", 0), "median_duration_ratio": ("in", [0.9, 1.1]),
+    assert defaults == {"runaway_excess_upper95": ("<=", 0.03), "median_duration_ratio": ("in", [0.9, 1.1]),
                         "teacher_top1": (">=", 0.9), "kl_mean": ("<=", 0.1),
                         "speaker_similarity_drop": ("<=", 0.02), "stop_signal_ratio": (">=", 0.5)}
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tts_awq import __version__
 from tts_awq.cli_types import OneLineParser, float_in, int_at_least
@@ -30,44 +32,85 @@ from tts_awq.errors import (
 log = logging.getLogger("tts_awq")
 
 
+def _quantize_defaults() -> dict[str, Any]:
+    """Every ``QuantizeOptions`` field's default (the one place they are written down)."""
+    from tts_awq.quantize.pipeline import QuantizeOptions
+
+    return {f.name: f.default for f in dataclasses.fields(QuantizeOptions) if f.default is not dataclasses.MISSING}
+
+
 def _add_quantize(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="Qwen3-TTS checkpoint directory or Hub repo id (or a Llama/Qwen2/Qwen3 causal LM)")
-    p.add_argument("out", type=Path, help="output package directory (written atomically)")
-    p.add_argument("--group-size", type=int_at_least(2), default=128)
-    p.add_argument("--w-bit", type=int, default=4, choices=[4], help="only 4 is storable in the AWQ GEMM format")
     from tts_awq.quantize.engine import METHODS as QUANT_METHODS
 
-    p.add_argument("--method", default="awq", choices=list(QUANT_METHODS), help="rtn = round-to-nearest baseline")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    d = _quantize_defaults()
+    p.add_argument("src", help="Qwen3-TTS checkpoint directory or Hub repo id (or a Llama/Qwen2/Qwen3 causal LM)")
+    p.add_argument("out", type=Path, help="output package directory (written atomically)")
+    p.add_argument("--group-size", type=int_at_least(2), default=d["group_size"])
+    p.add_argument("--w-bit", type=int, default=d["w_bit"], choices=[4], help="only 4 is storable in the AWQ GEMM format")
+    p.add_argument("--method", default=d["method"], choices=list(QUANT_METHODS), help="rtn = round-to-nearest baseline")
+    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--seq-len", type=int_at_least(2, "qwen-tts generates at least 2 codec frames per prompt"),
-                   default=512, help="cap on each calibration sequence (talker rows)")
-    p.add_argument("--n-samples", type=int_at_least(1), default=128, help="number of calibration prompts")
-    p.add_argument("--calib", default=None, help="JSONL file or Hub dataset id (default: built-in calib_data)")
-    p.add_argument("--calib-batch-size", type=int_at_least(1), default=8)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--codec-from", default=None, metavar="BASE",
+                   default=d["seq_len"], help="cap on each calibration sequence (talker rows)")
+    p.add_argument("--n-samples", type=int_at_least(1), default=d["n_samples"], help="number of calibration prompts")
+    p.add_argument("--calib", default=d["calib"], help="JSONL file or Hub dataset id (default: built-in calib_data)")
+    p.add_argument("--calib-batch-size", type=int_at_least(1), default=d["calib_batch_size"])
+    p.add_argument("--device", default=d["device"], help="auto | cpu | cuda[:N]")
+    p.add_argument("--codec-from", default=d["codec_from"], metavar="BASE",
                    help="copy a missing speech_tokenizer/ from this base checkpoint (architecture checked)")
-    p.add_argument("--revision", default=None, help="Hub revision of SRC")
-    p.add_argument("--max-shard-size", type=float_in(0.0, 1e6, low_open=True), default=4.0,
-                   help="GiB per safetensors shard")
+    p.add_argument("--revision", default=d["revision"], help="Hub revision of SRC")
+    p.add_argument("--max-shard-size", type=float_in(0.0, 1e6, low_open=True),
+                   default=d["max_shard_bytes"] / (1 << 30), help="GiB per safetensors shard")
     p.add_argument("--no-clip", action="store_true", help="skip the weight-clip search")
+    p.add_argument("--keep-bf16", nargs="+", action="extend", default=list(d["keep_bf16"]), metavar="FILE|GLOB",
+                   help="decoder linears to keep dense: a text file of module names (one per line, # comments; "
+                        "validate-awq's validation/keep_bf16.txt) or fnmatch patterns over full names "
+                        "(e.g. '*.layers.0.mlp.*'); may be repeated")
+    p.add_argument("--keep-bf16-budget", type=float_in(0.0, 1e9), default=d["keep_bf16_budget_mb"], metavar="MB",
+                   help="also keep the linears most sensitive to INT4 (a scan on the calibration activations) "
+                        "dense, within this many MB (10^6 bytes) over all-INT4")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--resume", action="store_true",
                    help="continue a killed run of the same command from its .OUT.partial-* directory")
     p.set_defaults(func=_run_quantize)
 
 
-def _run_quantize(args: argparse.Namespace) -> int:
-    from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
+def _quantize_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The parsed command line as ``QuantizeOptions``."""
+    from tts_awq.quantize.pipeline import QuantizeOptions
 
-    out = quantize_talker(QuantizeOptions(
+    return QuantizeOptions(
         src=args.src, out=args.out, group_size=args.group_size, w_bit=args.w_bit, method=args.method,
         seed=args.seed, seq_len=args.seq_len, n_samples=args.n_samples, calib=args.calib,
         calib_batch_size=args.calib_batch_size, device=args.device, overwrite=args.overwrite,
         codec_from=args.codec_from, revision=args.revision, max_shard_bytes=int(args.max_shard_size * (1 << 30)),
-        clip=not args.no_clip, resume=args.resume,
-    ))
-    print(out)
+        clip=not args.no_clip, resume=args.resume, keep_bf16=tuple(args.keep_bf16),
+        keep_bf16_budget_mb=args.keep_bf16_budget,
+    )
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from tts_awq.quantize.pipeline import quantize_talker
+
+    print(quantize_talker(_quantize_options(args)))
+    return 0
+
+
+def _add_requantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="the checkpoint the package was quantized from (dir or Hub id)")
+    p.add_argument("state", type=Path, help="the package's search_state.safetensors")
+    p.add_argument("out", type=Path, help="output package directory (written atomically)")
+    p.add_argument("--codec-from", default=None, metavar="BASE", help="as for quantize-talker")
+    p.add_argument("--max-shard-size", type=float_in(0.0, 1e6, low_open=True),
+                   default=_quantize_defaults()["max_shard_bytes"] / (1 << 30), help="GiB per safetensors shard")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_run_requantize)
+
+
+def _run_requantize(args: argparse.Namespace) -> int:
+    from tts_awq.quantize.requantize import requantize_package
+
+    print(requantize_package(args.src, args.state, args.out, overwrite=args.overwrite, codec_from=args.codec_from,
+                             max_shard_bytes=int(args.max_shard_size * (1 << 30))))
     return 0
 
 
@@ -162,6 +205,7 @@ def _add_push(p: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
     "quantize-talker": (_add_quantize, "quantize a TTS talker (or causal LM) to AWQ INT4"),
+    "requantize": (_add_requantize, "rebuild a package from its source and search_state.safetensors (no calibration)"),
     "blend": (_add_blend, "Darwin-style FFN blend of a Qwen3 LLM into a Qwen3-TTS talker"),
     "repack": (_add_repack, "add a missing speech_tokenizer/ from a base checkpoint"),
     "merge": (_add_merge, "task-arithmetic / TIES / DARE / linear merge of checkpoints"),

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tts_awq.checkpoint import TensorStore, detect_layout, resolve_source
+from tts_awq.checkpoint.arch import head_dim
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
 from tts_awq.checkpoint.store import require_finite
 from tts_awq.errors import UserError
@@ -25,6 +26,7 @@ from tts_awq.offload import HostEmbedding
 from tts_awq.provenance import read_provenance, verify_outputs
 from tts_awq.quantize.kernels import KERNELS
 from tts_awq.quantize.linear import AwqInt4Linear
+from tts_awq.qwen_tts import default_dtype, qwen_tts_classes
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,19 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 def _dtype(dtype: Any, device: str) -> torch.dtype:
     if dtype is None:
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
         raise UserError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+def int4_linear_names(spec: Any, qconfig: dict[str, Any]) -> list[str]:
+    """The decoder Linears stored as INT4: every one except those ``modules_to_not_convert`` names (matched as
+    substrings, as transformers and vLLM match them), which a ``--keep-bf16`` package stores dense."""
+    skip = [m for m in qconfig.get("modules_to_not_convert") or [] if isinstance(m, str) and m]
+    return [n for i in range(spec.num_layers) for n in spec.linear_names(i) if not any(m in n for m in skip)]
 
 
 def swap_int4_linears(model: nn.Module, prefix: str, quantized: list[str], group_size: int,
@@ -70,7 +79,7 @@ def _reset_rope_buffers(model: nn.Module, device: str) -> int:
             module.original_inv_freq = inv_freq
             module.attention_scaling = scaling
             cfg = module.config
-            dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            dim = head_dim(cfg)
             expected = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
             if getattr(module, "rope_type", "default") == "default" and not torch.allclose(
                 inv_freq.float(), expected, rtol=1e-6
@@ -171,7 +180,6 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, kernel: st
     """
     from transformers import AutoProcessor
 
-    from tts_awq.qwen_tts_compat import qwen_tts_classes
 
     _check_options(device, kernel, text_embedding_device)
     source = resolve_source(path, what="package")
@@ -203,7 +211,7 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, kernel: st
     config.speaker_encoder_config._attn_implementation = "sdpa"
 
     spec = layout.decoder
-    quantized = [n for i in range(spec.num_layers) for n in spec.linear_names(i)]
+    quantized = int4_linear_names(spec, qconfig)
     with torch.device("meta"):
         model = classes.Qwen3TTSForConditionalGeneration(config)
     group_size = qconfig.get("group_size")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tts_awq.checkpoint.arch import head_dim
 from tts_awq.checkpoint.files import read_json
 from tts_awq.errors import UserError
 
@@ -109,7 +110,7 @@ def _talker_decoder(config: dict[str, Any], path: Path) -> DecoderSpec:
         "num_hidden_layers": int(talker["num_hidden_layers"]),
         "num_attention_heads": heads,
         "num_key_value_heads": int(talker["num_key_value_heads"]),
-        "head_dim": int(talker.get("head_dim") or hidden // heads),
+        "head_dim": head_dim(talker) or hidden // heads,
         "rms_norm_eps": float(talker.get("rms_norm_eps", 1e-6)),
         "rope_theta": float(talker.get("rope_theta", 10000.0)),
         "max_position_embeddings": int(talker.get("max_position_embeddings", 32768)),

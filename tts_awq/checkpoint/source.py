@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tts_awq.checkpoint.arch import is_repo_id
 from tts_awq.errors import UserError
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ def resolve_source(spec: str | os.PathLike[str], revision: str | None = None, wh
     if path.exists():
         raise UserError(f"{path}: {what} is a file; pass the checkpoint directory that holds config.json")
     text = str(spec)
-    if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
+    if not is_repo_id(text):
         raise UserError(f"{text}: {what} directory not found and not a Hugging Face repo id (owner/name); check the path")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError

@@ -23,7 +23,9 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from tts_awq.checkpoint.arch import is_repo_id
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
+from tts_awq.formatting import fmt_number, human_bytes, md_table
 from tts_awq.publish.package import REPORT_REL, VALIDATION_DIR, Package
 
 #: ``library_name`` of a Qwen3-TTS package. The Hub no longer infers it from config.json, so it must name the
@@ -44,7 +46,10 @@ LANGUAGE_CODES = {
 
 NOT_MEASURED = "not measured"
 _HUB = "https://huggingface.co"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def _card_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    return "\n".join(md_table(header, rows))
 
 
 @dataclass
@@ -53,10 +58,6 @@ class CardResult:
     base_model: str | None
     license: str
     warnings: list[str] = field(default_factory=list)
-
-
-def is_repo_id(text: str | None) -> bool:
-    return bool(text) and bool(_REPO_ID.match(str(text))) and not str(text).startswith((".", "/", "~"))
 
 
 # --------------------------------------------------------------------------------------------------- front matter
@@ -142,26 +143,11 @@ def find_license(package: Package) -> LicenseInfo:
 def _fmt(value: Any) -> str:
     if value is None:
         return NOT_MEASURED
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (int, str)):
+    if isinstance(value, bool | int | float):
+        return fmt_number(value)
+    if isinstance(value, str):
         return str(value).replace("|", "\\|").replace("\n", " ")
     return json.dumps(value, ensure_ascii=False)[:80].replace("|", "\\|")
-
-
-def _bytes(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------- quality
@@ -208,7 +194,7 @@ def quality_section(package: Package) -> str:
         reason = package.validation_problem or "no validation report"
         lines += [f"No trusted validation report ({reason}); every metric is {NOT_MEASURED}.", ""]
         if known:
-            lines.append(_table(header, [(f"`{name}`", NOT_MEASURED, "", "", _fmt(help_text))
+            lines.append(_card_table(header, [(f"`{name}`", NOT_MEASURED, "", "", _fmt(help_text))
                                          for name, _, help_text in known]))
         return "\n".join(lines)
     gates = {str(k): v for k, v in (report.get("gates") or {}).items() if isinstance(v, dict)}
@@ -224,7 +210,7 @@ def quality_section(package: Package) -> str:
         if name not in gates:
             rows.append((f"`{name}`", _fmt(_lookup(metrics, metric)), "off", "", _fmt(help_text)))
     if rows:
-        lines.append(_table(header, rows))
+        lines.append(_card_table(header, rows))
     failed = report.get("failed_gates") or []
     if failed:
         lines += ["", f"Failed gates: {', '.join(f'`{g}`' for g in failed)}."]
@@ -296,18 +282,29 @@ def made_section(package: Package) -> str:
         ("calibration mode", _fmt(calib.get("mode"))),
         ("quantized modules", _fmt(modules.get("quantized_count"))),
         ("modules kept in original precision", _fmt(modules.get("kept_count"))),
+        ("decoder linears kept in BF16", _kept_text(prov.get("kept_bf16") or {})),
         ("device", _fmt(prov.get("device"))),
         ("libraries", ", ".join(f"{k} {v}" for k, v in libs.items() if v) or NOT_MEASURED),
         ("time", f"{sum(v for v in timings.values() if isinstance(v, (int, float))):.0f} s" if timings else NOT_MEASURED),
-        ("package size", f"{_bytes(package.total_bytes)} ({_bytes(weights)} safetensors)"),
+        ("package size", f"{human_bytes(package.total_bytes, si=True)} ({human_bytes(weights, si=True)} safetensors)"),
     ]
-    lines = ["## How it was made", "", _table(("parameter", "value"), [(f"**{k}**", v) for k, v in rows]), ""]
+    lines = ["## How it was made", "", _card_table(("parameter", "value"), [(f"**{k}**", v) for k, v in rows]), ""]
     chain = lineage(prov)
     if chain:
         lines += ["Lineage (from `provenance.json`, which also holds the sha256 of every input and output file):", "",
                   *chain, ""]
     lines += ["`quantization_config` (config.json):", "", "```json", json.dumps(qcfg, indent=2), "```"]
     return "\n".join(lines)
+
+
+def _kept_text(kept: dict[str, Any]) -> str:
+    """``--keep-bf16`` / ``--keep-bf16-budget`` choices of a mixed package, with their size cost."""
+    names = kept.get("names") or []
+    if not names:
+        return "none (every decoder-layer linear is INT4)"
+    shown = ", ".join(f"`{n}`" for n in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    extra = kept.get("extra_bytes")
+    return f"{len(names)}: {shown}" + (f" (+{human_bytes(extra, si=True)} over all-INT4)" if extra else "")
 
 
 # --------------------------------------------------------------------------------------------------- loading

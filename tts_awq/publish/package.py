@@ -15,6 +15,7 @@ from tts_awq.provenance import PROVENANCE_NAME, read_provenance, verify_outputs
 
 QUANTIZE_STAGE = "quantize-talker"
 VALIDATION_DIR = "validation"
+JOBS_CACHE_PREFIX = f"{VALIDATION_DIR}/jobs/"
 REPORT_REL = f"{VALIDATION_DIR}/report.json"
 
 
@@ -109,7 +110,8 @@ def load_package(root: Path) -> Package:
     config = read_json(root / "config.json", "config.json")
     if not isinstance(config.get("quantization_config"), dict):
         raise UserError(f"{root / 'config.json'}: has no quantization_config; not a quantized package")
-    files = list_files(root)
+    # validation/jobs/ is validate-awq's resumable per-job cache: local state, never part of a pushed package.
+    files = [rel for rel in list_files(root) if not rel.startswith(JOBS_CACHE_PREFIX)]
     check_integrity(root, provenance, files)
     check_validation_files(root, provenance, files)
     report, problem = validation_status(root, provenance)

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from tts_awq.checkpoint.files import sha256_file
 from tts_awq.errors import UserError
+from tts_awq.formatting import human_bytes
 from tts_awq.publish.card import CardResult, build_card, is_repo_id
 from tts_awq.publish.package import Package, load_package
 
@@ -84,7 +85,7 @@ class PushPlan:
                  "warning on the card",
                  "the target repo was not inspected (a repo holding another model is refused at push time)"]
         lines += [f"warning: {w}" for w in self.card.warnings]
-        lines.append(f"files ({len(self.files)}, {_human(self.total_bytes)}):")
+        lines.append(f"files ({len(self.files)}, {human_bytes(self.total_bytes)}):")
         width = max(len(f"{size:,}") for _, size in self.files)
         replaced = CARD_NAME in self.package.files
         for rel, size in self.files:
@@ -92,7 +93,7 @@ class PushPlan:
             if rel == CARD_NAME:
                 note = "  (generated model card" + ("; replaces the package's README.md)" if replaced else ")")
             lines.append(f"  {size:>{width},}  {rel}{note}")
-        lines.append(f"total: {len(self.files)} files, {self.total_bytes:,} bytes ({_human(self.total_bytes)})")
+        lines.append(f"total: {len(self.files)} files, {self.total_bytes:,} bytes ({human_bytes(self.total_bytes)})")
         lines += [f"----- {CARD_NAME} -----", self.card_text.rstrip("\n"), f"----- end of {CARD_NAME} -----"]
         return "\n".join(lines)
 
@@ -105,13 +106,6 @@ class PushResult:
     pr_url: str | None = None
     deleted: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def _human(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
 
 
 # --------------------------------------------------------------------------------------------------- plan

@@ -22,6 +22,7 @@ from tts_awq.checkpoint.store import TensorStore
 from tts_awq.errors import UserError
 from tts_awq.memory import release_free_memory
 from tts_awq.prompts import Prompt, VoiceClip, load_prompts, load_voice_clips, read_voice
+from tts_awq.qwen_tts import TalkerCapture, VoiceClone, default_dtype, eos_id, load_tts_model, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -36,93 +37,14 @@ class Calibration:
         return sum(int(x.shape[0]) for x in self.sequences)
 
 
-def load_tts_model(model_dir: Path, device: str, dtype: torch.dtype) -> Any:
-    from tts_awq.qwen_tts_compat import qwen_tts_classes
-
-    classes = qwen_tts_classes()
-    return classes.Qwen3TTSModel.from_pretrained(
-        str(model_dir), dtype=dtype, device_map=device, attn_implementation="sdpa"
-    )
-
-
-class _TalkerCapture:
-    """Hooks that record the rows entering ``talker.model`` for each batch item, until that item emits EOS."""
-
-    def __init__(self, talker: torch.nn.Module, eos_id: int, seq_len: int) -> None:
-        self.eos_id = eos_id
-        self.seq_len = seq_len
-        self.rows: list[list[torch.Tensor]] = []
-        self.done: list[bool] = []
-        self.position_rows_checked = 0
-        self.position_mismatches = 0
-        self._handles = [
-            talker.register_forward_pre_hook(self._on_talker, with_kwargs=True),
-            talker.model.register_forward_pre_hook(self._on_model, with_kwargs=True),
-        ]
-
-    def _on_talker(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is not None and embeds.shape[1] > 1:
-            return  # prefill
-        input_ids = kwargs.get("input_ids")
-        if input_ids is None and args:
-            input_ids = args[0]
-        if input_ids is None:
-            return
-        for b, code in enumerate(input_ids[:, 0].tolist()):
-            if code == self.eos_id and b < len(self.done):
-                self.done[b] = True
-
-    def _on_model(self, _module: Any, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is None:
-            return
-        mask = kwargs.get("attention_mask")
-        batch, length, _ = embeds.shape
-        if length > 1:  # prefill: a new batch starts
-            self.rows = [[] for _ in range(batch)]
-            self.done = [False] * batch
-        positions = kwargs.get("position_ids")
-        for b in range(batch):
-            if self.done[b]:
-                continue
-            x = embeds[b]
-            keep = mask[b, -length:].bool() if mask is not None else torch.ones(length, dtype=torch.bool)
-            x = x[keep.to(x.device)]
-            if positions is not None:
-                # The decoder layers see these rows at positions 0..L-1 (the engine relies on it): check it.
-                pos = positions[0, b] if positions.dim() == 3 else positions[b]
-                pos = pos[keep.to(pos.device)].cpu()
-                start = sum(int(r.shape[0]) for r in self.rows[b])
-                self.position_rows_checked += int(pos.numel())
-                if not torch.equal(pos, torch.arange(start, start + pos.numel())):
-                    self.position_mismatches += 1
-            self.rows[b].append(x.detach().float().cpu())
-
-    def sequences(self) -> list[torch.Tensor]:
-        return [torch.cat(rows)[: self.seq_len] for rows in self.rows if rows]
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-def _language(prompt: Prompt, supported: set[str]) -> str:
-    lang = prompt.lang.lower()
-    return lang if lang in supported else "auto"
-
-
 def capture_tts(model_dir: Path, prompts: list[Prompt], voices: list[VoiceClip], seed: int, seq_len: int,
                 device: str, dtype: torch.dtype, batch_size: int = 8, progress: bool = True) -> list[torch.Tensor]:
     """Voice-clone generation on every prompt (x-vector and ICL modes alternate); returns talker input rows."""
     from tqdm.auto import tqdm
 
     tts = load_tts_model(model_dir, device, dtype)
-    talker = tts.model.talker
-    eos = int(tts.model.config.talker_config.codec_eos_token_id)
-    supported = {s.lower() for s in tts.model.get_supported_languages()}
     audio = [read_voice(v) for v in voices]
-    capture = _TalkerCapture(talker, eos, seq_len)
+    capture = TalkerCapture(tts.model.talker, eos_id(tts), seq_len)
     sequences: list[torch.Tensor] = []
     try:
         starts = range(0, len(prompts), batch_size)
@@ -130,19 +52,13 @@ def capture_tts(model_dir: Path, prompts: list[Prompt], voices: list[VoiceClip],
             batch = prompts[start : start + batch_size]
             voice_ids = [(start + i) % len(voices) for i in range(len(batch))]
             icl = (batch_index % 2) == 1  # alternate x-vector-only and ICL batches
-            torch.manual_seed(seed + batch_index)
-            tts.generate_voice_clone(
-                text=[p.text for p in batch],
-                language=[_language(p, supported) for p in batch],
-                ref_audio=[audio[v] for v in voice_ids],
-                ref_text=[voices[v].ref_text for v in voice_ids] if icl else None,
-                x_vector_only_mode=[not icl] * len(batch),
-                max_new_tokens=seq_len,
-            )
+            synthesize(tts, [VoiceClone(text=p.text, lang=p.lang, ref_audio=audio[v], ref_text=voices[v].ref_text,
+                                        icl=icl, seed=seed + batch_index) for p, v in zip(batch, voice_ids, strict=True)],
+                       max_new_tokens=seq_len)
             sequences.extend(capture.sequences())
     finally:
         capture.close()
-    del tts, talker
+    del tts
     gc.collect()  # the full-precision model must be gone before the layer loop (its RSS would stay otherwise)
     release_free_memory()
     if capture.position_mismatches:
@@ -187,7 +103,7 @@ def build_calibration(layout: Layout, model_dir: Path, store: TensorStore, sourc
         if not (model_dir / CODEC_DIR).is_dir():
             layout.require_codec()
         voices = load_voice_clips()
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtype = default_dtype(device)
         seqs = capture_tts(model_dir, prompts, voices, seed, seq_len, device, dtype, batch_size, progress)
         info.update({"mode": "qwen3-tts voice clone (x-vector / ICL alternating), talker inputs_embeds",
                      "voices": [v.name for v in voices], "model_dtype": str(dtype).removeprefix("torch."),

@@ -2,13 +2,14 @@
 
 Per layer (AutoAWQ's order): capture each Linear's input on the full-precision layer (whose output becomes the
 next layer's input), search every scale group on the unmodified layer, fold the scales into the previous
-norm/Linear, search clipping on the scaled inputs, then quantize and pack.
+norm/Linear (:mod:`tts_awq.quantize.apply`), search clipping on the scaled inputs, apply it, then quantize and
+pack. The chosen scales and clip maxima travel with each layer's result (``search_state.safetensors``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -18,11 +19,13 @@ from tts_awq.checkpoint.layout import DECODER_LINEARS, DecoderSpec
 from tts_awq.checkpoint.store import TensorStore
 from tts_awq.errors import UserError
 from tts_awq.memory import current_rss_bytes
+from tts_awq.quantize.apply import apply_clips, apply_scales
 from tts_awq.quantize.decoder import Activations, DecoderRunner, run_layer_recording
 from tts_awq.quantize.int4 import check_group_size, quantize
 from tts_awq.quantize.pack import pack_gemm
-from tts_awq.quantize.scale_groups import CAPTURED_INPUTS, LINEAR_INPUT, NO_CLIP, groups_for
-from tts_awq.quantize.search import apply_clip, search_clip, search_scales
+from tts_awq.quantize.scale_groups import CAPTURED_INPUTS, LINEAR_INPUT, NO_CLIP, ScaleGroup, groups_for
+from tts_awq.quantize.search import search_clip, search_scales
+from tts_awq.quantize.search_state import layer_state
 
 METHODS = ("awq", "rtn")
 
@@ -49,6 +52,7 @@ class LayerResult:
     tensors: dict[str, torch.Tensor]  # output tensors, names relative to the layer prefix
     stats: dict[str, object] = field(default_factory=dict)
     next_inputs: Activations | None = field(default=None, repr=False)  # full-precision input of the next layer
+    state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # search_state, names relative
 
 
 def packed_names(linear: str) -> tuple[str, str, str]:
@@ -83,10 +87,60 @@ def _forward_with(runner: DecoderRunner, layer: nn.Module, group_linears: tuple[
     return run
 
 
+@dataclass
+class LayerSearch:
+    """One layer's AWQ pass: its final float tensors and what the searches chose (see :mod:`search_state`)."""
+
+    weights: dict[str, torch.Tensor]  # scaled and clipped float tensors, names relative to the layer
+    stats: dict[str, object]
+    next_inputs: Activations = field(repr=False)  # full-precision output of the unquantized layer
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)  # group prev -> [in] scales
+    clips: dict[str, torch.Tensor] = field(default_factory=dict)  # linear -> clip maxima [out, in/group, 1]
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        return layer_state(self.scales, self.clips)
+
+
+def _search_all_scales(runner: DecoderRunner, layer: nn.Module, groups: list[ScaleGroup],
+                       inputs: dict[str, Activations], references: dict[str, Activations], options: AwqOptions,
+                       keep: Collection[str], stats: dict[str, object]) -> dict[str, torch.Tensor]:
+    """Every group's scales, searched on the unmodified layer. A group whose Linears are all kept dense gets
+    ``s = 1`` (nothing to protect; the kept weights stay bit-exact); a mixed group is searched with the kept
+    Linears exact in the loss."""
+    found: dict[str, torch.Tensor] = {}
+    for group in groups:
+        x = inputs[LINEAR_INPUT[group.input_of]]
+        dense = [name in keep for name in group.linears]
+        if all(dense):
+            found[group.prev] = torch.ones(x[0].shape[-1], device=runner.device)
+            references.pop(group.inspect, None)
+            stats[f"scale.{group.prev}"] = {"ratio": -1.0, "loss": None, "loss_rtn": None, "kept_bf16": True}
+            continue
+        weights = [layer.get_submodule(n).weight.data for n in group.linears]
+        forward = _forward_with(runner, layer, group.linears, group.inspect, group.attention, x)
+        result = search_scales(weights, x, forward, options.bits, options.group_size, options.duo_scaling,
+                               options.n_grid, reference=references.pop(group.inspect),
+                               dense=dense if any(dense) else None)
+        found[group.prev] = result.scales
+        stats[f"scale.{group.prev}"] = {"ratio": result.ratio, "loss": result.loss, "loss_rtn": result.loss_identity}
+    return found
+
+
+def _search_all_clips(layer: nn.Module, inputs: dict[str, Activations], options: AwqOptions,
+                      keep: Collection[str]) -> dict[str, torch.Tensor]:
+    """Clip maxima of every clipped Linear (not q/k, not the kept ones), on the scaled weights and inputs."""
+    return {name: search_clip(layer.get_submodule(name).weight.data, inputs[LINEAR_INPUT[name]], options.bits,
+                              options.group_size, options.n_grid, n_sample_tokens=options.clip_tokens)
+            for name in DECODER_LINEARS if name not in NO_CLIP and name not in keep}
+
+
 @torch.no_grad()
-def quantize_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, options: AwqOptions
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, object], Activations]:
-    """Returns (final float weights per Linear + changed norms, stats, next layer's input)."""
+def search_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, options: AwqOptions,
+                 keep: Collection[str] = ()) -> LayerSearch:
+    """AWQ on one layer, in place: record -> search every scale group -> apply scales -> search clip -> apply
+    clip. ``keep``: Linears (relative names) that stay dense; they are scaled like their group but never
+    clipped or quantized."""
     start = time.perf_counter()
     groups = groups_for(layer) if options.method == "awq" else []
     # One forward of the full-precision layer records every Linear input and, as the searches' reference,
@@ -94,55 +148,33 @@ def quantize_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, opt
     inputs, references, next_xs = run_layer_recording(
         runner, layer, xs, inputs=CAPTURED_INPUTS, outputs=sorted({g.inspect for g in groups}))
     stats: dict[str, object] = {}
-    if options.method == "awq":
-        searched = []
-        for group in groups:
-            weights = [layer.get_submodule(n).weight.data for n in group.linears]
-            forward = _forward_with(runner, layer, group.linears, group.inspect, group.attention,
-                                    inputs[LINEAR_INPUT[group.input_of]])
-            result = search_scales(weights, inputs[LINEAR_INPUT[group.input_of]], forward, options.bits,
-                                   options.group_size, options.duo_scaling, options.n_grid,
-                                   reference=references.pop(group.inspect))
-            searched.append((group, result))
-            stats[f"scale.{group.prev}"] = {"ratio": result.ratio, "loss": result.loss,
-                                            "loss_rtn": result.loss_identity}
-        for group, result in searched:  # apply after every group was searched on the unmodified layer
-            s = result.scales.to(runner.device)
-            prev = layer.get_submodule(group.prev)
-            if isinstance(prev, nn.Linear):
-                prev.weight.data = prev.weight.data / s[:, None]
-                if prev.bias is not None:
-                    prev.bias.data = prev.bias.data / s
-            else:
-                prev.weight.data = prev.weight.data / s
-            for name in group.linears:
-                module = layer.get_submodule(name)
-                module.weight.data = module.weight.data * s[None, :]
-            key = LINEAR_INPUT[group.input_of]
-            inputs[key] = [x / s for x in inputs[key]]
-        if options.clip:
-            for name in DECODER_LINEARS:
-                if name in NO_CLIP:
-                    continue
-                module = layer.get_submodule(name)
-                max_val = search_clip(module.weight.data, inputs[LINEAR_INPUT[name]], options.bits,
-                                      options.group_size, options.n_grid, n_sample_tokens=options.clip_tokens)
-                clipped = apply_clip(module.weight.data, max_val)
-                stats[f"clip.{name}"] = float((clipped != module.weight.data).float().mean())
-                module.weight.data = clipped
+    scales = _search_all_scales(runner, layer, groups, inputs, references, options, keep, stats)
+    apply_scales(layer, [(g, scales[g.prev]) for g in groups], inputs)  # after every group was searched
+    clips = _search_all_clips(layer, inputs, options, keep) if groups and options.clip else {}
+    for name, fraction in apply_clips(layer, clips).items():
+        stats[f"clip.{name}"] = fraction
+    if keep:
+        stats["kept_bf16"] = sorted(keep)
     stats["seconds"] = round(time.perf_counter() - start, 3)
     stats["rss_mb"] = round(current_rss_bytes() / 2**20, 1)  # calibration activations + this layer + search
     weights = {name: t for name, t in layer.state_dict().items()}
-    return weights, stats, next_xs
+    return LayerSearch(weights, stats, next_xs, scales, clips)
 
 
-def pack_layer(weights: dict[str, torch.Tensor], source_dtypes: dict[str, torch.dtype], options: AwqOptions
-               ) -> dict[str, torch.Tensor]:
-    """Linear weights -> AWQ GEMM triples; every other tensor back in its source dtype."""
+def quantize_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, options: AwqOptions
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, object], Activations]:
+    """Returns (final float weights per Linear + changed norms, stats, next layer's input)."""
+    done = search_layer(runner, layer, xs, options)
+    return done.weights, done.stats, done.next_inputs
+
+
+def pack_layer(weights: dict[str, torch.Tensor], source_dtypes: dict[str, torch.dtype], options: AwqOptions,
+               keep: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """Linear weights -> AWQ GEMM triples; the ``keep`` Linears and every other tensor back in its source dtype."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in weights.items():
         linear = name.removesuffix(".weight")
-        if linear in DECODER_LINEARS:
+        if linear in DECODER_LINEARS and linear not in keep:
             qw = quantize(tensor.float().cpu(), options.bits, options.group_size)
             if not bool(torch.isfinite(qw.scales).all()):
                 raise UserError(f"{linear}: a computed INT4 scale is not finite (weights beyond the fp16 range of "
@@ -155,10 +187,24 @@ def pack_layer(weights: dict[str, torch.Tensor], source_dtypes: dict[str, torch.
     return out
 
 
+def read_layer(store: TensorStore, spec: DecoderSpec, index: int) -> dict[str, torch.Tensor]:
+    """Every source tensor of decoder layer ``index`` (names relative to the layer), checked finite."""
+    prefix = f"{spec.layer_prefix}{index}."
+    return {n[len(prefix):]: store.get_finite(n) for n in store.keys() if n.startswith(prefix)}
+
+
+def relative_keep(keep: Collection[str], spec: DecoderSpec, index: int) -> frozenset[str]:
+    """The full Linear names in ``keep`` that belong to layer ``index``, relative to the layer."""
+    prefix = f"{spec.layer_prefix}{index}."
+    return frozenset(name[len(prefix):] for name in keep if name.startswith(prefix))
+
+
 def run_awq(store: TensorStore, spec: DecoderSpec, xs: Activations, options: AwqOptions,
-            device: torch.device | str = "cpu", progress: bool = True, start: int = 0) -> Iterator[LayerResult]:
+            device: torch.device | str = "cpu", progress: bool = True, start: int = 0,
+            keep: Collection[str] = ()) -> Iterator[LayerResult]:
     """Quantize decoder layers ``start`` .. N-1 in order (``xs``: the activations entering layer ``start``); yields
-    each layer's output tensors, and the next layer's input, as soon as it is done."""
+    each layer's output tensors, and the next layer's input, as soon as it is done. ``keep``: full names of
+    Linears stored dense (see :func:`search_layer`)."""
     from tqdm.auto import tqdm
 
     runner = DecoderRunner(spec, device)
@@ -166,12 +212,13 @@ def run_awq(store: TensorStore, spec: DecoderSpec, xs: Activations, options: Awq
     bar = tqdm(range(start, spec.num_layers), desc=f"{options.method.upper()} layers", disable=not progress,
                unit="layer", initial=start, total=spec.num_layers)
     for index in bar:
-        prefix = f"{spec.layer_prefix}{index}."
-        names = [n for n in store.keys() if n.startswith(prefix)]
-        tensors = {n[len(prefix):]: store.get_finite(n) for n in names}
+        tensors = read_layer(store, spec, index)
         dtypes = {rel: t.dtype for rel, t in tensors.items()}
         layer = runner.build_layer(tensors, index)
         del tensors
-        weights, stats, xs = quantize_layer(runner, layer, xs, options)
+        kept = relative_keep(keep, spec, index)
+        done = search_layer(runner, layer, xs, options, kept)
         del layer
-        yield LayerResult(index=index, tensors=pack_layer(weights, dtypes, options), stats=stats, next_inputs=xs)
+        xs = done.next_inputs
+        yield LayerResult(index=index, tensors=pack_layer(done.weights, dtypes, options, kept), stats=done.stats,
+                          next_inputs=xs, state=done.state)

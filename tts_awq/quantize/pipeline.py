@@ -15,7 +15,7 @@ import torch
 
 from tts_awq.checkpoint import TensorStore, atomic_output_dir, detect_layout, resolve_source
 from tts_awq.checkpoint.files import list_files
-from tts_awq.checkpoint.layout import TTS_KIND
+from tts_awq.checkpoint.layout import TTS_KIND, Layout
 from tts_awq.checkpoint.source import CODEC_AND_PROCESSOR_FILES
 from tts_awq.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
 from tts_awq.constants import DEFAULT_SEED
@@ -24,8 +24,11 @@ from tts_awq.memory import current_rss_bytes
 from tts_awq.provenance import Provenance, input_hashes
 from tts_awq.quantize.calibration import Calibration, build_calibration
 from tts_awq.quantize.engine import METHODS, AwqOptions, check_layer_shapes, run_awq
-from tts_awq.quantize.reassemble import PackageWriter, module_census
+from tts_awq.quantize.keep import KeepPlan, resolve_keep_bf16
+from tts_awq.quantize.reassemble import PackageWriter, decoder_linear_names, module_census
 from tts_awq.quantize.resume import ResumeState, run_key
+from tts_awq.quantize.sensitivity import MB, scan_sensitivity
+from tts_awq.qwen_tts import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class QuantizeOptions:
     clip: bool = True
     progress: bool = True
     resume: bool = False  # continue a killed run's .OUT.partial-<key> directory
+    keep_bf16: tuple[str, ...] = ()  # files of Linear names and fnmatch patterns: Linears kept dense
+    keep_bf16_budget_mb: float | None = None  # MB (10^6 bytes) for the most sensitive Linears to stay dense
 
 
 def _check_finite(store: TensorStore, progress: bool) -> None:
@@ -62,16 +67,6 @@ def _check_finite(store: TensorStore, progress: bool) -> None:
         store.get_finite(name)
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UserError(f"--device {device}: expected auto, cpu or cuda[:N]")
-    return device
-
-
 def _validate(options: QuantizeOptions) -> None:
     if options.w_bit != 4:
         raise UserError(f"--w-bit {options.w_bit}: the AWQ GEMM format stores 4-bit weights only; use --w-bit 4")
@@ -80,6 +75,29 @@ def _validate(options: QuantizeOptions) -> None:
     for name in ("seq_len", "n_samples", "calib_batch_size"):
         if getattr(options, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if options.keep_bf16_budget_mb is not None:
+        if not options.keep_bf16_budget_mb >= 0:
+            raise UserError(f"--keep-bf16-budget {options.keep_bf16_budget_mb}: must be a size in MB >= 0")
+        if options.method == "rtn":
+            raise UserError("--keep-bf16-budget needs calibration activations for its sensitivity scan, which "
+                            "--method rtn skips; use --method awq or name the Linears with --keep-bf16")
+
+
+def _plan_keep(options: QuantizeOptions, explicit: dict[str, str], state: ResumeState, store: TensorStore,
+               layout: Layout, calibration: Calibration, device: str, prov: Provenance) -> KeepPlan:
+    """The Linears to keep dense: ``--keep-bf16`` names plus, with a budget, the scan's picks (saved in the
+    resume state, so a resumed run keeps the same ones without scanning again)."""
+    saved = state.load_keep_choice()
+    if saved is not None:
+        return KeepPlan.from_dict(saved)
+    plan = KeepPlan(dict(explicit))
+    if options.keep_bf16_budget_mb is not None:
+        with prov.timed("sensitivity_scan"):
+            scores = scan_sensitivity(store, layout.decoder, calibration.sequences, options.w_bit,
+                                      options.group_size, device, options.progress)
+        plan = plan.with_budget(scores, int(options.keep_bf16_budget_mb * MB), decoder_linear_names(layout))
+    state.save_keep_choice(plan.to_dict())
+    return plan
 
 
 @contextmanager
@@ -125,6 +143,7 @@ def quantize_talker(options: QuantizeOptions) -> Path:
         if missing:
             raise UserError(f"{store.root}: weights lack {missing[0]} (and {len(missing) - 1} more); not a full checkpoint")
         check_layer_shapes(store, layout.decoder, options.group_size)
+        explicit_keep = resolve_keep_bf16(options.keep_bf16, decoder_linear_names(layout))
     with prov.timed("finite_check"):
         _check_finite(store, options.progress)
     awq = AwqOptions(bits=options.w_bit, group_size=options.group_size, method=options.method,
@@ -132,7 +151,8 @@ def quantize_talker(options: QuantizeOptions) -> Path:
     sources = (source.path,) + ((base.path,) if base else ())
     with prov.timed("hash_sources"):  # once: for the resume key and for provenance
         source_hashes = [input_hashes(root) for root in sources]
-        key = run_key(asdict(options), source_hashes, options.calib)
+        # the resolved names, not only the arguments: a --keep-bf16 FILE may change between runs
+        key = run_key({**asdict(options), "keep_bf16_names": list(explicit_keep)}, source_hashes, options.calib)
     with atomic_output_dir(options.out, options.overwrite, sources=sources, stage="quantize-talker",
                            partial_key=key, resume=options.resume) as tmp:
         state = ResumeState(tmp)
@@ -162,6 +182,12 @@ def quantize_talker(options: QuantizeOptions) -> Path:
         if saved_calibration is None:
             calibration.info["rss_mb_after"] = round(current_rss_bytes() / 2**20, 1)
             state.save_calibration(calibration)
+        keep = _plan_keep(options, explicit_keep, state, store, layout, calibration, device, prov)
+        kept_info = keep.provenance(store, options.group_size)
+        if keep.names:
+            log.info("keeping %d decoder linear(s) dense: +%.2f MB over all-INT4", len(keep.names),
+                     kept_info["extra_bytes"] / MB)
+        package.start_weights(keep.names)
         layer_stats: list[dict[str, Any]] = []
         with prov.timed("write_kept_tensors"):
             package.write_kept_tensors()
@@ -171,7 +197,8 @@ def quantize_talker(options: QuantizeOptions) -> Path:
             layer_stats.append({"layer": result.index, **result.stats})
         xs = state.load_inputs() if done else calibration.sequences
         with prov.timed("quantize_layers"):
-            for result in run_awq(store, layout.decoder, xs, awq, device, options.progress, start=done):
+            for result in run_awq(store, layout.decoder, xs, awq, device, options.progress, start=done,
+                                  keep=keep.names):
                 state.save_layer(result, result.next_inputs or [])
                 result.next_inputs = None
                 package.write_layer(result)
@@ -193,7 +220,9 @@ def quantize_talker(options: QuantizeOptions) -> Path:
             "layout": {"kind": layout.kind, "decoder": layout.decoder.model_type,
                        "num_layers": layout.decoder.num_layers, "layer_prefix": layout.decoder.layer_prefix},
             "calibration": calibration.info,
-            "modules": module_census(layout, package.kept),
+            "modules": module_census(layout, package.kept, keep.names),
+            "kept_bf16": kept_info,
+            "search_state": package.search_state_info,
             "files": {"copied_verbatim": package.copied, "codec_from_base": codec_files,
                       "weights_written": weight_files},
             "layer_stats": layer_stats,

@@ -2,8 +2,11 @@
 
 A run builds OUT in ``.OUT.partial-<key>`` beside it, where ``key`` hashes the source files, the calibration
 source and every option that changes the result. After each finished layer the partial directory holds
-``.resume/layers/NNN.safetensors`` (the layer's packed tensors) with its stats, ``.resume/inputs.safetensors``
-(the full-precision activations entering the next layer) and, written last, ``.resume/progress.json``. A run
+``.resume/layers/NNN.safetensors`` (the layer's packed tensors) with its stats and its search state
+(``NNN.state.safetensors``: the searched scales and clip maxima), ``.resume/inputs.safetensors`` (the
+full-precision activations entering the next layer) and, written last, ``.resume/progress.json``. A
+``--keep-bf16-budget`` run also keeps its sensitivity scan and choice (``keep_bf16.json``), so a resumed run
+keeps the same Linears without scanning again. A run
 killed with SIGKILL leaves that directory; ``--resume`` continues after the last finished layer with the saved
 calibration and activations, so the package is byte-identical to an uninterrupted run on the same machine.
 A clean interrupt (Ctrl-C, SIGTERM) removes the partial directory like any failure.
@@ -23,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from tts_awq import __version__
 from tts_awq.checkpoint.files import sha256_file
+from tts_awq.errors import UserError
 from tts_awq.quantize.calibration import Calibration
 from tts_awq.quantize.engine import LayerResult
 
@@ -98,6 +102,7 @@ class ResumeState:
     def save_layer(self, result: LayerResult, next_inputs: list[torch.Tensor]) -> None:
         stem = self.layers / f"{result.index:03d}"
         _atomic_tensors(stem.with_suffix(".safetensors"), result.tensors)
+        _atomic_tensors(stem.with_suffix(".state.safetensors"), result.state)
         _atomic_json(stem.with_suffix(".json"), result.stats)
         _atomic_tensors(self.root / "inputs.safetensors", _as_dict(next_inputs))
         _atomic_json(self.root / "progress.json", {"next_layer": result.index + 1})  # last: commits the layer
@@ -105,7 +110,20 @@ class ResumeState:
     def load_layer(self, index: int) -> LayerResult:
         stem = self.layers / f"{index:03d}"
         stats = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
-        return LayerResult(index=index, tensors=load_file(str(stem.with_suffix(".safetensors"))), stats=stats)
+        state_path = stem.with_suffix(".state.safetensors")
+        if not state_path.is_file():
+            raise UserError(f"{state_path}: missing (a partial run of an older tts-awq); remove "
+                            f"{self.root.parent} and run again without --resume")
+        return LayerResult(index=index, tensors=load_file(str(stem.with_suffix(".safetensors"))), stats=stats,
+                           state=load_file(str(state_path)))
+
+    def save_keep_choice(self, choice: dict[str, Any]) -> None:
+        self.layers.mkdir(parents=True, exist_ok=True)
+        _atomic_json(self.root / "keep_bf16.json", choice)
+
+    def load_keep_choice(self) -> dict[str, Any] | None:
+        path = self.root / "keep_bf16.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def load_inputs(self) -> list[torch.Tensor]:
         return _as_list(load_file(str(self.root / "inputs.safetensors")))

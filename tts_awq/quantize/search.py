@@ -6,7 +6,7 @@ aliasing bug (a ``.cpu()`` "backup" that shares storage) cannot happen here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,12 +58,14 @@ def search_scales(
     duo_scaling: bool = True,
     n_grid: int = N_GRID,
     reference: list[torch.Tensor] | None = None,
+    dense: Sequence[bool] | None = None,
 ) -> ScaleResult:
     """Grid-search the scale exponent for one group.
 
     ``forward_with(ws)`` runs the inspected module with the group's Linear weights replaced by ``ws`` and returns
     its outputs per sequence; the loss is the MSE against the unmodified module's outputs (``reference``, when the
-    caller already has them, else computed here).
+    caller already has them, else computed here). ``dense[i]`` marks a Linear that stays unquantized (kept in
+    BF16): the loss sees it exact, since it is stored as ``W·s`` and fed ``x / s``.
     """
     if reference is None:
         reference = forward_with([w.float() for w in weights])
@@ -72,7 +74,8 @@ def search_scales(
     n_elements = sum(r.numel() for r in reference)
 
     def loss_for(scales: torch.Tensor) -> float:
-        trial = [fake_quantize(w.float() * scales, bits, group_size) / scales for w in weights]
+        trial = [w.float() if keep else fake_quantize(w.float() * scales, bits, group_size) / scales
+                 for w, keep in zip(weights, dense or [False] * len(weights), strict=True)]
         outs = forward_with(trial)
         err = sum(((o - r).double().pow(2).sum()) for o, r in zip(outs, reference, strict=True))
         return float(err / n_elements)
@@ -148,9 +151,3 @@ def search_clip(
         best_max.append(best)
     return torch.cat(best_max, dim=0)
 
-
-def apply_clip(weight: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
-    out_features, in_features = weight.shape
-    groups = max_val.shape[1]
-    w = weight.reshape(out_features, groups, -1)
-    return torch.clamp(w, -max_val, max_val).reshape(out_features, in_features)

@@ -517,7 +517,7 @@ def _decoder_sizes(preset: Preset = TINY) -> dict[str, int]:
 
 def meta_tts_model(preset: Preset | str = TINY) -> Any:
     """``Qwen3TTSForConditionalGeneration`` for ``preset`` on the meta device (shapes only, nothing allocated)."""
-    from tts_awq.qwen_tts_compat import qwen_tts_classes
+    from tts_awq.qwen_tts import qwen_tts_classes
 
     qt = qwen_tts_classes()
     with torch.device("meta"):
@@ -780,7 +780,7 @@ def build_tts(out: Path, seed: int = 0, *, overwrite: bool = False, preset: Pres
     """Build a random Qwen3-TTS-12Hz base checkpoint of ``preset``'s size at ``out`` (BF16 weights, FP32 tiny
     codec). Deterministic in ``seed``. Reload with ``Qwen3TTSModel.from_pretrained(out, dtype=...,
     device_map="cpu", attn_implementation="sdpa")``."""
-    from tts_awq.qwen_tts_compat import qwen_tts_classes
+    from tts_awq.qwen_tts import qwen_tts_classes
 
     preset = get_preset(preset)
     qt = qwen_tts_classes()

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from tts_awq.checkpoint import (
     read_json,
     resolve_source,
 )
+from tts_awq.checkpoint.arch import head_dim, is_repo_id
 from tts_awq.checkpoint.atomic import check_output_dir
 from tts_awq.checkpoint.layout import TTS_KIND
 from tts_awq.checkpoint.store import INDEX_NAME, WEIGHTS_NAME
@@ -59,7 +59,6 @@ _ARCH_FIELDS = (
 )
 
 PathLike = str | os.PathLike[str]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 def check_alpha(alpha: float) -> float:
@@ -72,15 +71,6 @@ def check_alpha(alpha: float) -> float:
     return value
 
 
-def _head_dim(config: dict[str, Any]) -> int | None:
-    if config.get("head_dim"):
-        return int(config["head_dim"])
-    try:
-        return int(config["hidden_size"]) // int(config["num_attention_heads"])
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
-
-
 def architecture_mismatches(talker: dict[str, Any], llm: dict[str, Any]) -> list[str]:
     """Every way the LLM's decoder differs from the TTS talker's, as ``field: tts X != llm Y`` strings."""
     problems = []
@@ -90,8 +80,8 @@ def architecture_mismatches(talker: dict[str, Any], llm: dict[str, Any]) -> list
     for name, key in _ARCH_FIELDS:
         if talker.get(key) != llm.get(key):
             problems.append(f"{name}: tts {talker.get(key)} != llm {llm.get(key)}")
-    if _head_dim(talker) != _head_dim(llm):
-        problems.append(f"head_dim: tts {_head_dim(talker)} != llm {_head_dim(llm)}")
+    if head_dim(talker) != head_dim(llm):
+        problems.append(f"head_dim: tts {head_dim(talker)} != llm {head_dim(llm)}")
     return problems
 
 
@@ -146,7 +136,7 @@ def _peek_config(spec: PathLike, revision: str | None) -> dict[str, Any] | None:
     if path.is_dir():
         return read_json(path / "config.json") if (path / "config.json").is_file() else None
     text = str(spec)
-    if path.exists() or not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+    if path.exists() or not is_repo_id(text):
         return None  # not a Hub id: resolve_source says what is wrong
     try:
         from huggingface_hub import hf_hub_download

@@ -13,26 +13,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from tts_awq.checkpoint import atomic_output_dir, copy_tree, detect_layout, read_json, resolve_source
+from tts_awq.checkpoint.arch import TALKER_SHAPE_FIELDS, with_head_dim
 from tts_awq.checkpoint.files import hash_tree
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND, Layout
 from tts_awq.checkpoint.source import CODEC_AND_PROCESSOR_FILES
 from tts_awq.errors import UserError
 from tts_awq.provenance import PROVENANCE_NAME, Provenance
-
-#: talker_config fields that must agree between SRC and BASE for BASE's codec to fit SRC's talker.
-TALKER_ARCH_FIELDS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "vocab_size",
-    "num_code_groups",
-)
 
 #: Top-level processor/tokenizer files copied from BASE when SRC lacks them (never config.json or weights).
 COMPANION_FILES = (
@@ -50,17 +38,11 @@ COMPANION_FILES = (
 )
 
 
-def _talker(layout: Layout) -> dict[str, Any]:
-    talker = dict(layout.config.get("talker_config") or {})
-    if talker.get("head_dim") is None and talker.get("num_attention_heads"):
-        talker["head_dim"] = int(talker["hidden_size"]) // int(talker["num_attention_heads"])
-    return talker
-
-
 def talker_arch_mismatches(src: Layout, base: Layout) -> list[str]:
     """Every disagreement between the talker architectures of ``src`` and ``base`` ("field SRC=a BASE=b")."""
-    a, b = _talker(src), _talker(base)
-    out = [f"{k} SRC={a.get(k)} BASE={b.get(k)}" for k in TALKER_ARCH_FIELDS if a.get(k) != b.get(k)]
+    a = with_head_dim(src.config.get("talker_config") or {})
+    b = with_head_dim(base.config.get("talker_config") or {})
+    out = [f"{k} SRC={a.get(k)} BASE={b.get(k)}" for k in TALKER_SHAPE_FIELDS if a.get(k) != b.get(k)]
     tok_a, tok_b = src.config.get("tokenizer_type"), base.config.get("tokenizer_type")
     if tok_a is not None and tok_b is not None and tok_a != tok_b:
         out.append(f"tokenizer_type SRC={tok_a} BASE={tok_b}")

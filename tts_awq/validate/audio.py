@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from tts_awq.qwen_tts import speaker_embedding
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24000
@@ -94,8 +96,7 @@ class SpeakerJudge:
 
     def model_embedding(self, wav: np.ndarray, sr: int) -> np.ndarray:
         wav = _pad_min(_resample(wav, sr, SAMPLE_RATE), SAMPLE_RATE)
-        emb = self.tts.model.extract_speaker_embedding(np.ascontiguousarray(wav, dtype=np.float32), SAMPLE_RATE)
-        return emb.float().cpu().numpy().astype(np.float64)
+        return speaker_embedding(self.tts, wav, SAMPLE_RATE)
 
     def resemblyzer_embedding(self, wav: np.ndarray, sr: int) -> np.ndarray | None:
         if self.resemblyzer is None:

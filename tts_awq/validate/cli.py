@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tts_awq.cli_types import int_at_least
-from tts_awq.validate.runner import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEEDS
+from tts_awq.validate.plan import DEFAULT_PROFILE, PROFILES
 
 EXIT_PASS = 0
 EXIT_GATE_FAILED = 1
@@ -19,14 +19,20 @@ def add_validate(parser: argparse.ArgumentParser) -> None:
                         help="the checkpoint the package was made from (dir or Hub id); a tts-awq package works too")
     parser.add_argument("--eval", default=None, metavar="FILE|DATASET",
                         help="held-out prompts: JSONL file or Hub dataset id (default: built-in calib_data/eval.jsonl)")
-    parser.add_argument("--seeds", type=int_at_least(1), default=DEFAULT_SEEDS,
-                        help="generations per prompt, one seed each")
-    parser.add_argument("--max-new-tokens", type=int_at_least(2, "qwen-tts generates at least 2 codec frames"),
-                        default=DEFAULT_MAX_NEW_TOKENS,
-                        help="codec frames a generation may use before it counts as a runaway")
+    sizes = ", ".join(f"{p.name} {p.n_prompts}x{p.seeds}" for p in PROFILES.values())
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES),
+                        help=f"run size, prompts x seeds ({sizes}); also sets the runaway gate's default")
+    parser.add_argument("--seeds", type=int_at_least(1), default=None,
+                        help="generations per prompt, one seed each (default: the profile's)")
+    parser.add_argument("--max-new-tokens", type=int_at_least(3, "qwen-tts generates at least 2 codec frames"),
+                        default=None, help="codec frames a generation may use before it counts as a runaway "
+                                           "(default: the profile's)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=1,
+                        help="jobs generated together per model (faster; results depend on the batch size)")
     parser.add_argument("--gates", default=None, metavar="FILE", help="YAML or JSON file overriding gate thresholds")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--n-prompts", type=int_at_least(1), default=None, help="use this many prompts, spread over the file")
+    parser.add_argument("--n-prompts", type=int_at_least(1), default=None,
+                        help="use this many prompts, spread over the file (default: the profile's)")
     parser.add_argument("--asr-model", default=None, metavar="DIR",
                         help="local ASR model (transformers Whisper or faster-whisper dir) for WER/CER")
     parser.set_defaults(func=run)
@@ -37,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     result = validate_package(args.out, args.reference, eval=args.eval, seeds=args.seeds,
                               max_new_tokens=args.max_new_tokens, gates=args.gates, device=args.device,
-                              asr_model=args.asr_model, n_prompts=args.n_prompts)
+                              asr_model=args.asr_model, n_prompts=args.n_prompts, profile=args.profile,
+                              batch_size=args.batch_size)
+    if result is None:  # a non-main worker of a multi-process run: rank 0 writes the report
+        return EXIT_PASS
     verdict = "PASS" if result.passed else "FAIL (" + ", ".join(result.failed_gates) + ")"
     print(f"{verdict}: {result.markdown_path}", file=sys.stdout)
     return EXIT_PASS if result.passed else EXIT_GATE_FAILED

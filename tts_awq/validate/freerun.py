@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from tts_awq.validate.synth import FRAME_RATE_HZ, Generation, Job
+from tts_awq.validate.plan import Job
+from tts_awq.validate.synth import FRAME_RATE_HZ, Generation
 
 RUNAWAY_FACTOR = 2.0
 EARLY_FACTOR = 0.5

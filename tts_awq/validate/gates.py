@@ -37,10 +37,11 @@ def _gate(name: str, op: str, threshold: Any, metric: str, help_text: str) -> Ga
     return GateSpec(name=name, op=op, threshold=threshold, metric=metric, help=help_text)
 
 
-#: Every known gate, in report order. The first six are on by default (values meant for real checkpoints).
+#: Every known gate, in report order. The first six are on by default (values meant for real checkpoints; the
+#: runaway bound's default comes from the profile, see :mod:`tts_awq.validate.plan`).
 GATES: tuple[GateSpec, ...] = (
-    _gate("runaway_count", "<=", 0, "freerun.all.runaway_count",
-          "free-running generations of the package that hit --max-new-tokens or ran over 2x the reference length"),
+    _gate("runaway_excess_upper95", "<=", 0.03, "runaway.excess_upper95",
+          "95 % upper bound of (package - reference) never-stopped rate; the profile sets the default"),
     _gate("median_duration_ratio", "in", [0.9, 1.1], "freerun.sentence.median_ratio",
           "median duration ratio package / reference over sentence prompts (long-form prompts are reported apart)"),
     _gate("teacher_top1", ">=", 0.90, "teacher.top1_agreement",
@@ -52,6 +53,10 @@ GATES: tuple[GateSpec, ...] = (
     _gate("stop_signal_ratio", ">=", 0.5, "stop.ratio_at_stop",
           "codec EOS probability at the reference stop frame, package / reference (ratio of means)"),
     # Off by default: switch on in a gates file.
+    _gate("runaway_count", "<=", None, "freerun.all.runaway_count",
+          "free-running generations of the package that hit --max-new-tokens or ran over 2x the reference length"),
+    _gate("runaway_p_value", ">=", None, "runaway.excess_p_value_fisher",
+          "one-sided exact (Fisher) p-value of 'package runs away more often than the reference'"),
     _gate("kl_p95", "<=", None, "teacher.kl_p95", "95th percentile of the per-frame KL"),
     _gate("teacher_top5", ">=", None, "teacher.top5_agreement",
           "share of frames whose reference top-1 code is in the package's top 5"),
@@ -82,8 +87,13 @@ GATES_BY_NAME = {g.name: g for g in GATES}
 ASR_GATES = ("wer_increase", "cer_increase")
 
 
-def default_gates() -> dict[str, GateSpec]:
-    return dict(GATES_BY_NAME)
+def default_gates(runaway_excess: float | None = None) -> dict[str, GateSpec]:
+    """The defaults; ``runaway_excess`` replaces the runaway bound's threshold (the profile's value)."""
+    gates = dict(GATES_BY_NAME)
+    if runaway_excess is not None:
+        spec = gates["runaway_excess_upper95"]
+        gates[spec.name] = GateSpec(spec.name, spec.op, runaway_excess, spec.metric, spec.help)
+    return gates
 
 
 def _number(value: Any, where: str) -> float:
@@ -106,15 +116,17 @@ def _threshold(spec: GateSpec, op: str, value: Any, where: str) -> Any:
     return _number(value, where)
 
 
-def parse_overrides(data: Any, where: str = "gates") -> dict[str, GateSpec]:
-    """Apply an override mapping on top of the defaults; raises UserError for anything not understood."""
+def parse_overrides(data: Any, where: str = "gates", defaults: dict[str, GateSpec] | None = None
+                    ) -> dict[str, GateSpec]:
+    """Apply an override mapping on top of ``defaults`` (:func:`default_gates` when None); raises UserError for
+    anything not understood."""
     if isinstance(data, Mapping) and set(data) == {"gates"}:
         data = data["gates"]
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise UserError(f"{where}: expected a mapping of gate names to thresholds, got {type(data).__name__}")
-    gates = default_gates()
+    gates = dict(defaults) if defaults is not None else default_gates()
     for raw_name, value in data.items():
         name = str(raw_name)
         if name not in gates:
@@ -147,10 +159,10 @@ def parse_overrides(data: Any, where: str = "gates") -> dict[str, GateSpec]:
     return gates
 
 
-def load_gates(path: str | Path | None) -> dict[str, GateSpec]:
+def load_gates(path: str | Path | None, defaults: dict[str, GateSpec] | None = None) -> dict[str, GateSpec]:
     """Defaults, or the defaults overridden by a YAML (``.yaml``/``.yml``) or JSON file."""
     if path is None:
-        return default_gates()
+        return dict(defaults) if defaults is not None else default_gates()
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -168,7 +180,7 @@ def load_gates(path: str | Path | None) -> dict[str, GateSpec]:
     except Exception as exc:  # yaml.YAMLError and its subclasses
         reason = " ".join(str(exc).split())[:160]
         raise UserError(f"{path}: gates file is not valid YAML ({reason}); fix the syntax") from exc
-    return parse_overrides(data, where=str(path))
+    return parse_overrides(data, where=str(path), defaults=defaults)
 
 
 def metric_value(metrics: Mapping[str, Any], dotted: str) -> Any:

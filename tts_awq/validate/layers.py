@@ -82,8 +82,9 @@ def layer_errors(reference: TensorStore, package: TensorStore, spec: DecoderSpec
                 errors.setdefault(name, {})[variant] = relative_error(ref_out[name], test)
             layer_entry[f"{variant}_output_error"] = relative_error(ref_final, [x.double().cpu() for x in final])
         for name in DECODER_LINEARS:
-            linears.append({"name": f"{spec.layer_prefix}{index}.{name}", "layer": index, "linear": name,
-                            "awq": errors[name]["awq"], "rtn": errors[name]["rtn"]})
+            full = f"{spec.layer_prefix}{index}.{name}"
+            linears.append({"name": full, "layer": index, "linear": name, "awq": errors[name]["awq"],
+                            "rtn": errors[name]["rtn"], "kept_bf16": f"{full}.qweight" not in package})
         layers.append(layer_entry)
         xs = next_xs
         if progress:
@@ -96,7 +97,8 @@ def summarize(linears: list[dict[str, Any]], layers: list[dict[str, Any]], token
     awq = np.array([e["awq"] for e in linears], dtype=np.float64)
     rtn = np.array([e["rtn"] for e in linears], dtype=np.float64)
     order = sorted(linears, key=lambda e: (-e["awq"], e["name"]))
-    median = float(np.median(awq)) if awq.size else 0.0
+    int4 = np.array([e["awq"] for e in linears if not e.get("kept_bf16")], dtype=np.float64)
+    median = float(np.median(int4)) if int4.size else 0.0
     keep = [e["name"] for e in order[:WORST] if median > 0 and e["awq"] > OUTLIER_FACTOR * median]
     if keep:
         suggestion = (f"keep in BF16 (add to modules_to_not_convert): {', '.join(keep)} "
@@ -114,6 +116,9 @@ def summarize(linears: list[dict[str, Any]], layers: list[dict[str, Any]], token
         "awq_worse_than_rtn": [e["name"] for e in linears if e["awq"] > e["rtn"]],
         "worst": [{"name": e["name"], "awq": e["awq"], "rtn": e["rtn"]} for e in order[:WORST]],
         "keep_in_bf16": keep,
+        "kept_bf16_in_package": [e["name"] for e in linears if e.get("kept_bf16")],
+        "keep_in_bf16_reason": (f"held-out relative output error over {OUTLIER_FACTOR:g}x the median "
+                                f"({median:.4g}), at most the {WORST} worst linears"),
         "suggestion": suggestion,
         "per_layer": layers,
         "per_linear": linears,

@@ -18,14 +18,16 @@ from typing import Any
 import torch
 
 from tts_awq.checkpoint import Layout, ResolvedSource, TensorStore, detect_layout, resolve_source
+from tts_awq.checkpoint.arch import (
+    PREDICTOR_FIELDS,
+    TALKER_SHAPE_FIELDS,
+    TALKER_TOKEN_FIELDS,
+    field_mismatches,
+    is_awq_package,
+)
 from tts_awq.checkpoint.layout import TTS_KIND
 from tts_awq.errors import UserError
-
-#: Talker / code-predictor config fields that must agree between the package and its reference.
-_TALKER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "head_dim", "vocab_size", "num_code_groups", "text_hidden_size",
-                  "text_vocab_size", "codec_eos_token_id")
-_PREDICTOR_FIELDS = ("hidden_size", "num_hidden_layers", "vocab_size", "num_code_groups")
+from tts_awq.qwen_tts import default_dtype, load_tts_model, qwen_tts_classes
 
 
 @dataclass
@@ -47,11 +49,6 @@ class Side:
         return TensorStore(self.root)
 
 
-def is_awq_package(layout: Layout) -> bool:
-    qconfig = layout.config.get("quantization_config")
-    return isinstance(qconfig, dict) and qconfig.get("quant_method") == "awq"
-
-
 def resolve_package(out: str | os.PathLike[str]) -> Side:
     path = Path(out).expanduser()
     if not path.is_dir():
@@ -59,7 +56,7 @@ def resolve_package(out: str | os.PathLike[str]) -> Side:
     layout = detect_layout(path)
     if layout.kind != TTS_KIND:
         raise UserError(f"{path}: not a Qwen3-TTS package (model_type {layout.config.get('model_type')!r})")
-    if not is_awq_package(layout):
+    if not is_awq_package(layout.config):
         raise UserError(f"{path / 'config.json'}: no AWQ quantization_config; quantize it with quantize-talker first")
     layout.require_codec()
     return Side("package", ResolvedSource(path=path.resolve(), spec=str(out)), layout, quantized=True)
@@ -72,33 +69,19 @@ def resolve_reference(spec: str | os.PathLike[str]) -> Side:
         raise UserError(f"{source.path}: --reference is not a Qwen3-TTS checkpoint "
                         f"(model_type {layout.config.get('model_type')!r}); pass the model the package was made from")
     layout.require_codec()
-    return Side("reference", source, layout, quantized=is_awq_package(layout))
+    return Side("reference", source, layout, quantized=is_awq_package(layout.config))
 
 
 def check_same_architecture(package: Side, reference: Side) -> None:
     """The talker and code predictor must have the same shapes; otherwise the comparison is meaningless."""
     p_talker = package.layout.config.get("talker_config", {})
     r_talker = reference.layout.config.get("talker_config", {})
-    diffs = [f"{k} {r_talker.get(k)!r} vs {p_talker.get(k)!r}" for k in _TALKER_FIELDS
-             if p_talker.get(k) != r_talker.get(k)]
-    p_cp = p_talker.get("code_predictor_config") or {}
-    r_cp = r_talker.get("code_predictor_config") or {}
-    diffs += [f"code_predictor {k} {r_cp.get(k)!r} vs {p_cp.get(k)!r}" for k in _PREDICTOR_FIELDS
-              if p_cp.get(k) != r_cp.get(k)]
+    diffs = field_mismatches(r_talker, p_talker, TALKER_SHAPE_FIELDS + TALKER_TOKEN_FIELDS)
+    diffs += field_mismatches(r_talker.get("code_predictor_config") or {}, p_talker.get("code_predictor_config") or {},
+                              PREDICTOR_FIELDS, label="code_predictor")
     if diffs:
         raise UserError(f"{reference.root}: --reference has another architecture than the package "
                         f"({'; '.join(diffs[:3])}); pass the checkpoint the package was quantized from")
-
-
-def resolve_device(device: str) -> str:
-    from tts_awq.quantize.pipeline import resolve_device as _resolve
-
-    return _resolve(device)
-
-
-def compute_dtype(device: str) -> torch.dtype:
-    """float32 on CPU (exact, deterministic), bfloat16 on CUDA (the reference precision of real checkpoints)."""
-    return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
 def _rss_bytes() -> int:
@@ -140,15 +123,13 @@ def warm_imports() -> None:
     """Import qwen-tts and transformers' processors up front, so the load timings measure loading only."""
     import transformers  # noqa: F401
 
-    from tts_awq.qwen_tts_compat import qwen_tts_classes
-
     qwen_tts_classes()
 
 
 def load_side(side: Side, device: str) -> Side:
     """Load the model; records wall time and peak memory of the load in ``side.load`` (not deterministic)."""
     warm_imports()
-    dtype = compute_dtype(device)
+    dtype = default_dtype(device)
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize(device)
@@ -163,8 +144,6 @@ def load_side(side: Side, device: str) -> Side:
             # measured difference is the quantization itself (int4mm would add its bfloat16 activations).
             tts = load_quantized(side.root, device=device, dtype=dtype, kernel="dequant", cached_dequant=True)
         else:
-            from tts_awq.quantize.calibration import load_tts_model
-
             tts = load_tts_model(side.root, device, dtype)
     seconds = time.perf_counter() - start
     side.tts = tts

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from tts_awq.validate.synth import Generation, allowed_ids, eos_id
+from tts_awq.qwen_tts import (
+    allowed_ids,
+    codec_logits,
+    codec_vocab_size,
+    eos_id,
+    sub_talker_logits,
+    talker_hidden_batch,
+)
+from tts_awq.validate.synth import Generation
 
 
 @dataclass
@@ -42,7 +50,7 @@ class Vocab:
     def of(cls, tts: Any) -> Vocab:
         allowed = allowed_ids(tts)
         eos = eos_id(tts)
-        vocab = int(tts.model.config.talker_config.vocab_size)
+        vocab = codec_vocab_size(tts)
         return cls(allowed=allowed, eos=eos, eos_index=allowed.index(eos), n_codes=vocab - 1024)
 
     def targets(self, gen: Generation) -> torch.Tensor:
@@ -54,38 +62,41 @@ class Vocab:
         return torch.tensor(ids, dtype=torch.long)
 
 
-def _param(module: torch.nn.Module) -> torch.Tensor:
-    return next(module.parameters())
-
-
 @torch.no_grad()
-def teacher_force(tts: Any, gen: Generation, vocab: Vocab, ref_hidden: torch.Tensor | None = None) -> TeacherForced:
-    """Run ``tts``'s talker (and code predictor) on the reference generation ``gen``."""
-    if gen.rows is None:
+def teacher_force_batch(tts: Any, gens: list[Generation], vocab: Vocab,
+                        ref_hiddens: list[torch.Tensor] | None = None) -> list[TeacherForced]:
+    """Run ``tts``'s talker (one padded forward) and code predictor (one call over every frame) on the
+    reference generations ``gens``; ``ref_hiddens`` (the reference talker's frame states) feed the second
+    code-predictor pass."""
+    if any(g.rows is None for g in gens):
         raise ValueError("teacher forcing needs the captured talker rows of the reference generation")
-    talker = tts.model.talker
-    weight = _param(talker.codec_head)
-    rows = gen.rows.to(weight.device, weight.dtype)
-    hidden_all = talker.model(inputs_embeds=rows[None], use_cache=False).last_hidden_state[0]
-    n_targets = gen.frames + int(gen.stopped)
-    available = rows.shape[0] - gen.prefill + 1
-    if n_targets > available:
-        raise RuntimeError(f"captured {available} prediction rows for {n_targets} targets")
-    pred_hidden = hidden_all[gen.prefill - 1 : gen.prefill - 1 + n_targets]
-    logits = talker.codec_head(pred_hidden).double().cpu()
-    logprobs = F.log_softmax(logits[:, vocab.allowed], dim=-1)
-    frame_hidden = pred_hidden[: gen.frames]
-    codes = gen.codes.to(weight.device)
-    cp_logits, _ = talker.forward_sub_talker_finetune(codes, frame_hidden)
-    cp_ref = None
-    if ref_hidden is not None:
-        cp_ref, _ = talker.forward_sub_talker_finetune(codes, ref_hidden.to(weight.device, weight.dtype))
-        cp_ref = cp_ref.float().cpu()
-    cp_logits = cp_logits.float().cpu()
-    code0 = logits[: gen.frames, : vocab.n_codes].argmax(-1)
-    greedy = torch.cat([code0[:, None], cp_logits.argmax(-1)], dim=1).long()
-    return TeacherForced(logprobs=logprobs, hidden=frame_hidden.float().cpu(), cp_logits=cp_logits,
-                         cp_logits_ref_hidden=cp_ref, greedy_codes=greedy)
+    hidden_all = talker_hidden_batch(tts, [g.rows for g in gens])  # type: ignore[misc]
+    preds = []
+    for gen, hidden in zip(gens, hidden_all, strict=True):
+        n_targets = gen.frames + int(gen.stopped)
+        available = gen.rows.shape[0] - gen.prefill + 1  # type: ignore[union-attr]
+        if n_targets > available:
+            raise RuntimeError(f"captured {available} prediction rows for {n_targets} targets")
+        preds.append(hidden[gen.prefill - 1 : gen.prefill - 1 + n_targets])
+    frames = [g.frames for g in gens]
+    codes = torch.cat([g.codes for g in gens])
+    frame_hidden = [p[: g.frames] for p, g in zip(preds, gens, strict=True)]
+    cp_all = sub_talker_logits(tts, codes, torch.cat(frame_hidden)).split(frames)
+    cp_ref_all = (sub_talker_logits(tts, codes, torch.cat(ref_hiddens)).split(frames)
+                  if ref_hiddens is not None else [None] * len(gens))
+    out = []
+    for gen, pred, fh, cp, cp_ref in zip(gens, preds, frame_hidden, cp_all, cp_ref_all, strict=True):
+        logits = codec_logits(tts, pred)
+        code0 = logits[: gen.frames, : vocab.n_codes].argmax(-1)
+        greedy = torch.cat([code0[:, None], cp.argmax(-1)], dim=1).long()
+        out.append(TeacherForced(logprobs=F.log_softmax(logits[:, vocab.allowed], dim=-1), hidden=fh.float().cpu(),
+                                 cp_logits=cp, cp_logits_ref_hidden=cp_ref, greedy_codes=greedy))
+    return out
+
+
+def teacher_force(tts: Any, gen: Generation, vocab: Vocab, ref_hidden: torch.Tensor | None = None) -> TeacherForced:
+    """:func:`teacher_force_batch` for one generation."""
+    return teacher_force_batch(tts, [gen], vocab, None if ref_hidden is None else [ref_hidden])[0]
 
 
 def kl_per_frame(ref: TeacherForced, test: TeacherForced) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 PyPI's torchaudio is a CUDA build that fails to load its native library beside CPU torch 2.13. qwen-tts only
 imports the pure-Python ``torchaudio.compliance.kaldi`` (for the unused 25 Hz codec), so we tell torchaudio its
-extension is unavailable before anything imports it. Import qwen-tts only through :func:`qwen_tts_module`.
+extension is unavailable before anything imports it. Import qwen-tts only through this module (via :mod:`tts_awq.qwen_tts`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""validate-awq throughput on the tiny model: batch 1 vs batch N, and 1 vs 2 worker processes.
+
+    python scripts/bench_validate.py [--root .bench/validate] [--batch 8] [--profile standard] [--out bench_validate.md]
+
+a) The same jobs (``--n-prompts`` x 1 seed, ``--max-new-tokens``) at batch 1 and at ``--batch``, each in a fresh
+   cache, one after the other in this process: generations per second of the collect stage, and the summary
+   metrics side by side (batching changes the sampled tokens, so they agree within sampling tolerance, not
+   exactly).
+b) A ``--profile`` run at ``--batch`` in one process vs the same run in two processes (``torch.distributed.run``,
+   gloo), each a fresh subprocess with one thread per process: wall time ratio.
+Writes a Markdown table to ``--out`` and the raw numbers to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_scale import machine  # noqa: E402
+
+from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker  # noqa: E402
+from tts_awq.testing.damage import copy_package, edit_weights, scale_eos_row  # noqa: E402
+from tts_awq.testing.tiny import build_tiny_darwin  # noqa: E402
+
+NO_GATES = {"median_duration_ratio": None, "teacher_top1": None, "kl_mean": None, "speaker_similarity_drop": None,
+            "stop_signal_ratio": None, "runaway_excess_upper95": None}
+METRICS = (("runaway", "package", "rate"), ("freerun", "sentence", "median_ratio"), ("teacher", "kl_mean"),
+           ("teacher", "top1_agreement"), ("stop", "ratio_at_stop"))
+
+
+def build(root: Path) -> tuple[Path, Path]:
+    pkg, ref = root / "awq", root / "ref"
+    if not pkg.is_dir():
+        paths = build_tiny_darwin(root / "tiny", seed=0, alpha=0.03)
+        shutil.copytree(paths["tiny-darwin"], ref)
+        edit_weights(ref, scale_eos_row(3.0))
+        quantize_talker(QuantizeOptions(src=str(ref), out=pkg, n_samples=4, seq_len=32, calib_batch_size=4,
+                                        device="cpu", progress=False))
+    return pkg, ref
+
+
+def run_cli(pkg: Path, ref: Path, gates: Path, args: list[str], processes: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                 "--master_port", "29531"] if processes > 1 else [sys.executable])
+    cmd = launcher + ["-m", "tts_awq.validate", str(pkg), "--reference", str(ref), "--device", "cpu",
+                      "--gates", str(gates), *args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(proc.stderr[-2000:])
+    return time.perf_counter() - start
+
+
+def metric(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = data["metrics"]
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path(".bench/validate"))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--n-prompts", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--profile", default="standard")
+    parser.add_argument("--skip-processes", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench_validate.md"))
+    args = parser.parse_args(argv)
+    args.root.mkdir(parents=True, exist_ok=True)
+    pkg, ref = build(args.root)
+    gates = args.root / "gates.json"
+    gates.write_text(json.dumps(NO_GATES))
+    sizes = ["--n-prompts", str(args.n_prompts), "--seeds", "1", "--max-new-tokens", str(args.max_new_tokens)]
+    rows, reports = [], {}
+    for batch in (1, args.batch):
+        work = copy_package(pkg, args.root / f"batch-{batch}")
+        seconds = run_cli(work, ref, gates, [*sizes, "--batch-size", str(batch)], 1)
+        data = json.loads((work / "validation" / "report.json").read_text())
+        reports[batch] = data
+        collect = data["timings_s"]["collect"]
+        rows.append((batch, args.n_prompts / collect, collect, seconds))
+        shutil.rmtree(work)
+    base = rows[0][1]
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; tiny model (tts_awq.testing.tiny, EOS row x3), "
+             f"CPU, one thread per process, fresh job cache per run.", "",
+             f"a) {args.n_prompts} jobs x 1 seed, max_new_tokens {args.max_new_tokens}: collect stage "
+             "(both models generate, teacher forcing, audio)", "",
+             "| batch | generations/s | ratio to batch 1 | collect s | whole command s |", "|---|---|---|---|---|"]
+    lines += [f"| {b} | {g:.3f} | {g / base:.2f}x | {c:.1f} | {s:.1f} |" for b, g, c, s in rows]
+    lines += ["", "| metric | batch 1 | batch " + str(args.batch) + " |", "|---|---|---|"]
+    lines += [f"| {'.'.join(p)} | {metric(reports[1], p)} | {metric(reports[args.batch], p)} |" for p in METRICS]
+    if not args.skip_processes:
+        walls = {}
+        for processes in (1, 2):
+            work = copy_package(pkg, args.root / f"proc-{processes}")
+            walls[processes] = run_cli(work, ref, gates, ["--profile", args.profile, "--max-new-tokens",
+                                                          str(args.max_new_tokens), "--batch-size",
+                                                          str(args.batch)], processes)
+            shutil.rmtree(work)
+        lines += ["", f"b) --profile {args.profile} (max_new_tokens {args.max_new_tokens}, batch {args.batch}), "
+                  "whole command wall time", "", "| processes | wall s | ratio to 1 |", "|---|---|---|"]
+        lines += [f"| {p} | {w:.1f} | {w / walls[1]:.2f}x |" for p, w in walls.items()]
+    text = "\n".join(lines) + "\n"
+    args.out.write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""``search_state.safetensors``: what the AWQ search chose, so a package can be rebuilt without calibration.
+
+Per decoder layer, one float32 vector per scale group, named after the group's ``prev`` module
+(``talker.model.layers.3.scales.input_layernorm``), and the clip maxima of each clipped Linear, ``[out,
+in / group_size]`` (``talker.model.layers.3.clip.mlp.down_proj``). The safetensors metadata holds the format
+version and the options the numbers depend on (bits, group size, method, duo scaling, grid, clip, the Linears
+kept dense). The file is always written: a ``--method rtn`` package (no scales, no clip) holds the metadata only,
+which is all :func:`tts_awq.quantize.requantize.requantize` needs to rebuild it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tts_awq.checkpoint.store import read_safetensors_header
+from tts_awq.checkpoint.writer import ShardedWriter
+from tts_awq.errors import UserError
+
+SEARCH_STATE_NAME = "search_state.safetensors"
+FORMAT_VERSION = 1
+SCALES = "scales."
+CLIP = "clip."
+
+
+def layer_state(scales: dict[str, torch.Tensor], clips: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One layer's state, names relative to the layer: ``scales.<prev>`` and ``clip.<linear>`` (float32, CPU)."""
+    state = {f"{SCALES}{prev}": s.detach().float().cpu().contiguous() for prev, s in scales.items()}
+    for linear, max_val in clips.items():
+        state[f"{CLIP}{linear}"] = max_val.detach().float().cpu().reshape(max_val.shape[0], -1).contiguous()
+    return state
+
+
+def split_layer_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Inverse of :func:`layer_state`: (scales by prev, clip maxima by linear)."""
+    scales = {k.removeprefix(SCALES): v for k, v in state.items() if k.startswith(SCALES)}
+    clips = {k.removeprefix(CLIP): v for k, v in state.items() if k.startswith(CLIP)}
+    return scales, clips
+
+
+def state_metadata(options: Any, layer_prefix: str, num_layers: int, keep_bf16: Collection[str]) -> dict[str, str]:
+    """The safetensors metadata (strings only): ``options`` is the run's :class:`AwqOptions`."""
+    return {
+        "format": "tts-awq-search-state",
+        "format_version": str(FORMAT_VERSION),
+        "bits": str(options.bits),
+        "group_size": str(options.group_size),
+        "method": str(options.method),
+        "duo_scaling": json.dumps(bool(options.duo_scaling)),
+        "n_grid": str(options.n_grid),
+        "clip": json.dumps(bool(options.clip)),
+        "clip_tokens": str(options.clip_tokens),
+        "layer_prefix": layer_prefix,
+        "num_layers": str(num_layers),
+        "keep_bf16": json.dumps(sorted(keep_bf16)),
+    }
+
+
+def write_search_state(out_dir: Path, layer_prefix: str, layers: dict[int, dict[str, torch.Tensor]],
+                       metadata: dict[str, str]) -> dict[str, Any]:
+    """Write ``out_dir/search_state.safetensors`` (deterministic bytes: sorted header, sorted metadata) and return
+    its provenance entry."""
+    tensors = {f"{layer_prefix}{index}.{rel}": t for index, state in layers.items() for rel, t in state.items()}
+    plan = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
+    writer = ShardedWriter(out_dir, plan, metadata=metadata, max_shard_bytes=1 << 62, weights_name=SEARCH_STATE_NAME)
+    for name, tensor in tensors.items():
+        writer.write(name, tensor)
+    writer.close()
+    return {
+        "file": SEARCH_STATE_NAME,
+        "description": "AWQ search results per decoder layer: float32 scales per scale group "
+                       f"({layer_prefix}N.{SCALES}<prev>) and clip maxima [out, in/group] per clipped linear "
+                       f"({layer_prefix}N.{CLIP}<linear>); rebuild with tts_awq.quantize.requantize",
+        "tensor_count": len(tensors),
+        "scale_vectors": sum(1 for n in tensors if f".{SCALES}" in n),
+        "clip_tensors": sum(1 for n in tensors if f".{CLIP}" in n),
+        "metadata": metadata,
+    }
+
+
+@dataclass(frozen=True)
+class SearchState:
+    metadata: dict[str, str]
+    layers: dict[int, dict[str, torch.Tensor]]  # layer index -> names relative to the layer
+
+    @property
+    def keep_bf16(self) -> list[str]:
+        return list(json.loads(self.metadata.get("keep_bf16", "[]")))
+
+
+def read_search_state(path: Path) -> SearchState:
+    """Read a search_state file (one-line UserError if it is not one)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not found; pass the {SEARCH_STATE_NAME} of a package written by quantize-talker")
+    _, metadata = read_safetensors_header(path)
+    if metadata.get("format") != "tts-awq-search-state":
+        raise UserError(f"{path}: not a tts-awq {SEARCH_STATE_NAME} (no format metadata); pass the one a "
+                        "quantize-talker package holds")
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise UserError(f"{path}: search state format {metadata.get('format_version')!r}, this tts-awq reads "
+                        f"{FORMAT_VERSION}; use the tts-awq version that wrote it")
+    prefix = metadata["layer_prefix"]
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in load_file(str(path)).items():
+        index, _, rel = name.removeprefix(prefix).partition(".")
+        if not name.startswith(prefix) or not index.isdigit() or not rel.startswith((SCALES, CLIP)):
+            raise UserError(f"{path}: unexpected tensor {name}; the file was edited, use the package's original")
+        layers.setdefault(int(index), {})[rel] = tensor
+    return SearchState(metadata=metadata, layers=layers)

@@ -1,0 +1,91 @@
+"""Scale-out: which share of the batches this process computes, and waiting for the others.
+
+``accelerate launch --multi_gpu --num_processes N`` (it also starts N CPU processes on a machine without GPUs;
+``--cpu`` would start only one) and ``torchrun --nproc_per_node N`` start N copies with ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` in the environment; each copy joins a gloo process group
+(only used as a barrier), starts on the batches of its own stripe and then helps with any batch nobody holds
+(claims in :mod:`tts_awq.validate.jobcache`). Rank 0 merges every record into the one report. Without those
+variables the run is a single worker; two plain runs on the same OUT share the work the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tts_awq.validate import jobcache
+from tts_awq.validate.collect import JobRecord
+from tts_awq.validate.plan import Job
+
+log = logging.getLogger(__name__)
+POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> World:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        if size <= 1:
+            return cls()
+        world = cls(rank=int(os.environ.get("RANK", "0")), size=size,
+                    local_rank=int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))))
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return world
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: str) -> str:
+        """``cuda`` means this worker's own GPU (``cuda:LOCAL_RANK``) when several workers run."""
+        return f"cuda:{self.local_rank}" if device == "cuda" and self.size > 1 else device
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def order(self, n_batches: int) -> list[int]:
+        """This worker's stripe first, then everything else (to help with unclaimed batches)."""
+        own = list(range(self.rank, n_batches, self.size))
+        return own + [i for i in range(n_batches) if i % self.size != self.rank]
+
+
+def run_batches(cache: Path, keyed: list[tuple[str, list[Job], int]], world: World,
+                compute: Callable[[list[Job], int], list[JobRecord]], progress: Callable[[int], None]) -> int:
+    """Compute every batch that has no cached records and no live claim; then wait for the batches other
+    workers hold, taking over any whose worker died. Returns how many jobs this process computed."""
+    computed = 0
+    pending = world.order(len(keyed))
+    while pending:
+        waiting = []
+        for index in pending:
+            key, batch, first = keyed[index]
+            if jobcache.record_path(cache, key).is_file():
+                progress(len(batch))
+                continue
+            with jobcache.claim(cache, key) as mine:
+                if not mine:
+                    waiting.append(index)
+                    continue
+                if not jobcache.record_path(cache, key).is_file():  # finished while we asked
+                    jobcache.save_records(cache, key, compute(batch, first))
+                    computed += len(batch)
+            progress(len(batch))
+        if waiting and waiting == pending:
+            time.sleep(POLL_S)  # every remaining batch is being computed elsewhere
+        pending = waiting
+    return computed
+
