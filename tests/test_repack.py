@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tts_awq.checkpoint.codec import copy_codec_into
 from tts_awq.checkpoint.files import hash_tree
 from tts_awq.errors import UserError
-from tts_awq.upstream.repack import copy_codec_into, repack_codec
+from tts_awq.upstream.repack import repack_codec
 
 TALKER = {
     "hidden_size": 64,

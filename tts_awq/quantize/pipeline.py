@@ -165,7 +165,7 @@ def quantize_talker(options: QuantizeOptions) -> Path:
         package = PackageWriter(tmp, store, layout, awq, options.max_shard_bytes)
         codec_files: list[str] = []
         if base is not None and not layout.has_codec:
-            from tts_awq.upstream.repack import copy_codec_into
+            from tts_awq.checkpoint.codec import copy_codec_into
 
             codec_files = copy_codec_into(tmp, base.path)
         if saved_calibration is not None:

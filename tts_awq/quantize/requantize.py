@@ -97,7 +97,7 @@ def requantize_package(src: str, state_file: str | Path, out: Path, overwrite: b
         package = PackageWriter(tmp, store, layout, options, max_shard_bytes)
         codec_files: list[str] = []
         if base is not None and not layout.has_codec:
-            from tts_awq.upstream.repack import copy_codec_into
+            from tts_awq.checkpoint.codec import copy_codec_into
 
             codec_files = copy_codec_into(tmp, base.path)
         package.start_weights(state.keep_bf16)

@@ -47,9 +47,9 @@ def load_asr(path: str | Path, device: str = "cpu") -> tuple[Transcriber, str]:
         model = WhisperModel(str(root), device="cuda" if device.startswith("cuda") else "cpu")
 
         def faster_asr(wav: np.ndarray, sr: int) -> str:
-            from tts_awq.validate.audio import _resample
+            from tts_awq.validate.audio import resample
 
-            segments, _ = model.transcribe(_resample(wav, sr, 16000), beam_size=1)
+            segments, _ = model.transcribe(resample(wav, sr, 16000), beam_size=1)
             return " ".join(s.text for s in segments)
 
         return faster_asr, f"faster-whisper: {root.name}"

@@ -29,7 +29,7 @@ _FLOOR = 1e-5
 _MIN_SECONDS = 0.5  # shorter clips are zero-padded before speaker embedding
 
 
-def _resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
+def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
     if sr == target:
         return np.asarray(wav, dtype=np.float32)
     import librosa
@@ -41,7 +41,7 @@ def log_mel(wav: np.ndarray, sr: int) -> np.ndarray:
     """[frames, N_MELS] natural-log power mel spectrogram."""
     import librosa
 
-    wav = _resample(wav, sr, SAMPLE_RATE)
+    wav = resample(wav, sr, SAMPLE_RATE)
     if wav.size < N_FFT:
         wav = np.pad(wav, (0, N_FFT - wav.size))
     mel = librosa.feature.melspectrogram(y=wav, sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS,
@@ -95,7 +95,7 @@ class SpeakerJudge:
                 self.resemblyzer_note = f"not available ({exc.__class__.__name__})"
 
     def model_embedding(self, wav: np.ndarray, sr: int) -> np.ndarray:
-        wav = _pad_min(_resample(wav, sr, SAMPLE_RATE), SAMPLE_RATE)
+        wav = _pad_min(resample(wav, sr, SAMPLE_RATE), SAMPLE_RATE)
         return speaker_embedding(self.tts, wav, SAMPLE_RATE)
 
     def resemblyzer_embedding(self, wav: np.ndarray, sr: int) -> np.ndarray | None:
@@ -104,7 +104,7 @@ class SpeakerJudge:
         try:
             from resemblyzer import preprocess_wav
 
-            clip = preprocess_wav(_resample(wav, sr, 16000), source_sr=16000)
+            clip = preprocess_wav(resample(wav, sr, 16000), source_sr=16000)
             if clip.size < 1600:
                 return None
             return np.asarray(self.resemblyzer.embed_utterance(clip), dtype=np.float64)

@@ -7,29 +7,18 @@ cloning like the calibration does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from tts_awq.qwen_tts import VoiceClone, generate_voice_clone
+from tts_awq.qwen_tts import VoiceClone, VoiceCloneResult, generate_voice_clone
 from tts_awq.validate.plan import Job
 
 FRAME_RATE_HZ = 12.5
 
 
-@dataclass
-class Generation:
-    codes: torch.Tensor  # [frames, num_code_groups] long, CPU
-    stopped: bool  # EOS within max_new_tokens
-    rows: torch.Tensor | None = None  # talker inputs_embeds rows [prefill + decode, hidden] (reference only)
-    prefill: int = 0  # number of prefill rows
-    ref_code: torch.Tensor | None = None  # ICL reference codes (decoded in front of the output, then cut)
-
-    @property
-    def frames(self) -> int:
-        return int(self.codes.shape[0])
+#: One generation: codes, whether it stopped, and (reference side) the captured talker rows.
+Generation = VoiceCloneResult
 
 
 def generate_jobs(tts: Any, jobs: list[Job], voice_audio: dict[str, tuple[np.ndarray, int]], max_new_tokens: int,
@@ -37,9 +26,7 @@ def generate_jobs(tts: Any, jobs: list[Job], voice_audio: dict[str, tuple[np.nda
     """Generate ``jobs`` as one batch (seeded with the first job's seed); ``voice_audio`` maps voice name -> clip."""
     requests = [VoiceClone(text=j.prompt.text, lang=j.prompt.lang, ref_audio=voice_audio[j.voice.name],
                            ref_text=j.voice.ref_text, icl=j.icl, seed=j.seed, voice=j.voice.name) for j in jobs]
-    results = generate_voice_clone(tts, requests, max_new_tokens, capture=capture, prompt_cache=prompt_cache)
-    return [Generation(codes=r.codes, stopped=r.stopped, rows=r.rows, prefill=r.prefill, ref_code=r.ref_code)
-            for r in results]
+    return generate_voice_clone(tts, requests, max_new_tokens, capture=capture, prompt_cache=prompt_cache)
 
 
 def generate(tts: Any, job: Job, voice_audio: tuple[np.ndarray, int], max_new_tokens: int,
