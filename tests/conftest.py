@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def qwen_tts() -> types.SimpleNamespace:
     """``qwen_tts_classes()``: Qwen3TTSModel, Qwen3TTSConfig, ... (imported with the torchaudio stub)."""
-    from tts_awq.qwen_tts_compat import qwen_tts_classes
+    from tts_awq.qwen_tts import qwen_tts_classes
 
     return qwen_tts_classes()
 

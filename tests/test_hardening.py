@@ -1,7 +1,9 @@
-"""Faults a hostile but fair user meets: racing runs, --overwrite limits, OS errors, signals, crashes, bad options.
+"""The fault catalogue: what a hostile but fair user meets, for every command (quantize-talker, validate-awq,
+blend, repack, merge, push) and load_quantized: racing runs, --overwrite limits, OS errors, signals, crashes, bad
+options, integrity, crash resume, non-finite values, refusals of the upstream stages and of push.
 
-Each case asserts the documented exit code, exactly one ``error:`` line on stderr, no traceback, the source
-unchanged and no OUT or temp dir left behind.
+Each CLI case asserts the documented exit code, exactly one ``error:`` line on stderr, no traceback, the source
+unchanged and no OUT or temp dir left behind; each load_quantized case a one-line UserError.
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
+import tts_awq
 from tts_awq.checkpoint.files import hash_tree
 from tts_awq.cli import main, quantize_talker_main, validate_awq_main
-from tts_awq.errors import EXIT_INTERNAL, EXIT_OS, EXIT_TERMINATED, EXIT_USER
+from tts_awq.errors import EXIT_INTERNAL, EXIT_OS, EXIT_TERMINATED, EXIT_USER, UserError
 
 QUICK = ["--n-samples", "2", "--seq-len", "24", "--calib-batch-size", "2", "--device", "cpu"]
 
@@ -38,6 +44,7 @@ def _expect(code: int, want: int, capsys: pytest.CaptureFixture[str], *needles: 
     lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert code == want, err[-2000:]
     assert len(lines) == 1, err[-2000:]
+    assert err.strip().splitlines()[-1] == lines[0], err[-2000:]  # stderr ends with it
     assert "Traceback" not in err
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -379,3 +386,294 @@ def test_resume_refuses_a_partial_run_of_other_options(src: Path, tmp_path: Path
     code = quantize_talker_main([str(src), str(out), *calib, "--seed", "7", "--resume"])
     _expect(code, EXIT_USER, capsys, "stale partial run of this OUT with other sources or options", "remove it")
     assert len(list(tmp_path.glob(".pkg.partial-*"))) == 1 and not out.exists()
+
+
+# ----------------------------------------------------------------------------- non-finite values, edited packages
+
+LAYER_TENSOR = "talker.model.layers.1.mlp.up_proj.weight"
+
+
+def _poison(root: Path, name: str, value: float = float("nan"), file: str = "model.safetensors") -> None:
+    tensors = load_file(str(root / file))
+    tensor = tensors[name].clone()
+    tensor.view(-1)[3] = value
+    tensors[name] = tensor
+    save_file(tensors, str(root / file), metadata={"format": "pt"})
+
+
+def _refused(code: int, want: int, capsys: pytest.CaptureFixture[str], sources: dict[Path, object], out: Path,
+             *needles: str) -> str:
+    """The documented exit code and one error line, every source unchanged, no OUT and no temp dir beside it."""
+    line = _expect(code, want, capsys, *needles)
+    for path, before in sources.items():
+        assert (hash_tree(path) if path.is_dir() else path.read_bytes()) == before, f"{path} was modified"
+    assert not out.exists(), out
+    if out.parent.is_dir():
+        _no_leftovers(out.parent, out.name)
+    return line
+
+
+def _state(*paths: Path) -> dict[Path, object]:
+    return {p: hash_tree(p) if p.is_dir() else p.read_bytes() for p in paths}
+
+
+@pytest.mark.parametrize("method", ["awq", "rtn"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_quantize_refuses_a_non_finite_source_tensor(src: Path, tmp_path: Path, method: str, value: float,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    _poison(src, LAYER_TENSOR, value)
+    before = _state(src)
+    out = tmp_path / "out"
+    code = quantize_talker_main([str(src), str(out), "--method", method, *QUICK])
+    _refused(code, EXIT_USER, capsys, before, out, LAYER_TENSOR, "model.safetensors", "non-finite")
+
+
+def test_quantize_refuses_a_non_finite_embedding_before_calibration(src: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _poison(src, "talker.model.text_embedding.weight")
+    before = _state(src)
+    out = tmp_path / "out"
+    code = quantize_talker_main([str(src), str(out), *QUICK])
+    _refused(code, EXIT_USER, capsys, before, out, "talker.model.text_embedding.weight")
+
+
+def test_blend_refuses_a_non_finite_llm_ffn(tiny_root: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    llm = tmp_path / "llm"
+    shutil.copytree(tiny_root["tiny-qwen3-lm"], llm)
+    _poison(llm, "model.layers.0.mlp.down_proj.weight", float("-inf"))
+    before = _state(llm, tiny_root["tiny-tts-base"])
+    out = tmp_path / "out"
+    code = main(["blend", "--tts", str(tiny_root["tiny-tts-base"]), "--llm", str(llm), "--alpha", "0.03", str(out)])
+    _refused(code, EXIT_USER, capsys, before, out, "model.layers.0.mlp.down_proj.weight")
+
+
+@pytest.mark.parametrize("alpha", ["nan", "inf"])
+def test_blend_refuses_a_non_finite_alpha(tiny_root: dict[str, Path], tmp_path: Path, alpha: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["blend", "--tts", str(tiny_root["tiny-tts-base"]), "--llm", str(tiny_root["tiny-qwen3-lm"]),
+                 "--alpha", alpha, str(out)])
+    _refused(code, EXIT_USER, capsys, {}, out, "alpha")
+
+
+def test_merge_refuses_non_finite_weights_and_tensors(tiny_root: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    base = tiny_root["tiny-tts-base"]
+    code = main(["merge", "--base", str(base), "--model", f"{tiny_root['tiny-darwin']}:nan", str(tmp_path / "m1")])
+    _refused(code, EXIT_USER, capsys, {}, tmp_path / "m1", "not finite")
+    model = tmp_path / "ft"
+    shutil.copytree(tiny_root["tiny-darwin"], model)
+    _poison(model, LAYER_TENSOR)
+    before = _state(model)
+    code = main(["merge", "--base", str(base), "--model", f"{model}:0.5", str(tmp_path / "m2")])
+    _refused(code, EXIT_USER, capsys, before, tmp_path / "m2", LAYER_TENSOR, "non-finite")
+
+
+def _copy(package: Path, tmp_path: Path) -> Path:
+    return shutil.copytree(package, tmp_path / "bad")
+
+
+def test_load_refuses_non_finite_scales(rtn_package: Path, tmp_path: Path) -> None:
+    bad = _copy(rtn_package, tmp_path)
+    _poison(bad, "talker.model.layers.2.self_attn.o_proj.scales", float("inf"))
+    with pytest.raises(UserError, match=r"layers\.2\.self_attn\.o_proj\.scales holds 1 non-finite") as info:
+        tts_awq.load_quantized(bad)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("group_size", [64, 32, 100, "128", 0])
+def test_load_refuses_an_edited_group_size_in_one_line(rtn_package: Path, tmp_path: Path, group_size: object) -> None:
+    bad = _copy(rtn_package, tmp_path)
+    config = json.loads((bad / "config.json").read_text())
+    config["quantization_config"]["group_size"] = group_size
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as info:
+        tts_awq.load_quantized(bad)
+    assert "group_size" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_refuses_a_swapped_tensor_shape(rtn_package: Path, tmp_path: Path) -> None:
+    bad = _copy(rtn_package, tmp_path)
+    tensors = load_file(str(bad / "model.safetensors"))
+    name = "talker.model.layers.0.mlp.gate_proj.qzeros"
+    tensors[name] = torch.zeros(tensors[name].shape[0] * 2, tensors[name].shape[1] // 2, dtype=torch.int32)
+    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError, match="gate_proj.qzeros is I32") as info:
+        tts_awq.load_quantized(bad)
+    assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ tts-awq repack
+
+
+@pytest.fixture(scope="module")
+def no_codec(tiny_root: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-darwin without speech_tokenizer/ (as Darwin-TTS-1.7B-Cross is uploaded). Read-only."""
+    return shutil.copytree(tiny_root["tiny-darwin"], tmp_path_factory.mktemp("repack") / "no-codec",
+                           ignore=shutil.ignore_patterns("speech_tokenizer"))
+
+
+def _base_copy(tiny_root: dict[str, Path], tmp_path: Path, how: str) -> Path:
+    base = shutil.copytree(tiny_root["tiny-tts-base"], tmp_path / "base")
+    if how == "other_arch":
+        config = json.loads((base / "config.json").read_text())
+        config["talker_config"]["num_hidden_layers"] += 2
+        config["talker_config"]["num_code_groups"] = 8
+        (base / "config.json").write_text(json.dumps(config))
+    elif how == "no_codec":
+        shutil.rmtree(base / "speech_tokenizer")
+    return base
+
+
+@pytest.mark.parametrize(("how", "needles"), [
+    ("other_arch", ("talker architecture differs", "num_hidden_layers SRC=4 BASE=6", "num_code_groups SRC=16 BASE=8")),
+    ("no_codec", ("has no codec",)),
+])
+def test_repack_refuses_a_base_that_does_not_fit(no_codec: Path, tiny_root: dict[str, Path], tmp_path: Path,
+                                                 how: str, needles: tuple[str, ...],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    base = _base_copy(tiny_root, tmp_path, how)
+    before = _state(no_codec, base)
+    out = tmp_path / "out"
+    code = main(["repack", str(no_codec), "--codec-from", str(base), str(out)])
+    _refused(code, EXIT_USER, capsys, before, out, *needles)
+
+
+@pytest.mark.parametrize("what", ["llm", "missing", "file", "other_codec"])
+def test_repack_refuses_a_source_it_cannot_repack(no_codec: Path, tiny_root: dict[str, Path], tmp_path: Path,
+                                                  what: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """SRC without a talker (a plain LLM), a missing SRC, SRC a file, SRC with a codec other than BASE's."""
+    needle = {"llm": "not a Qwen3-TTS checkpoint", "missing": "not found", "file": "is a file",
+              "other_codec": "already present"}[what]
+    if what == "llm":
+        src = tiny_root["tiny-qwen3-lm"]
+    elif what == "missing":
+        src = tmp_path / "nope"
+    elif what == "file":
+        src = no_codec / "config.json"
+    else:
+        src = shutil.copytree(no_codec, tmp_path / "src")
+        (src / "speech_tokenizer").mkdir()
+        (src / "speech_tokenizer" / "config.json").write_text('{"another": "codec"}')
+    base = tiny_root["tiny-tts-base"]
+    before = _state(base, *([src] if src.exists() else []))
+    out = tmp_path / "out"
+    code = main(["repack", str(src), "--codec-from", str(base), str(out)])
+    _refused(code, EXIT_USER, capsys, before, out, needle)
+
+
+@pytest.mark.parametrize("what", ["out_exists", "out_parent_is_a_file"])
+def test_repack_refuses_an_out_it_may_not_write(no_codec: Path, tiny_root: dict[str, Path], tmp_path: Path,
+                                                what: str, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tiny_root["tiny-tts-base"]
+    before = _state(no_codec, base)
+    if what == "out_exists":
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "mine.txt").write_text("precious")
+        code = main(["repack", str(no_codec), "--codec-from", str(base), str(out)])
+        _expect(code, EXIT_USER, capsys, "already exists", "--overwrite")
+        assert [p.name for p in out.iterdir()] == ["mine.txt"] and _state(no_codec, base) == before
+        _no_leftovers(tmp_path, "out")
+    else:
+        (tmp_path / "afile").write_text("x")
+        code = main(["repack", str(no_codec), "--codec-from", str(base), str(tmp_path / "afile" / "out")])
+        _refused(code, EXIT_USER, capsys, before, tmp_path / "afile" / "out", "is a file")
+        assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_repack_disk_full_while_copying_the_codec(no_codec: Path, tiny_root: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shutil.copyfile
+
+    def full(src: object, dst: object, *args: object, **kwargs: object) -> object:
+        if "speech_tokenizer" in str(dst):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shutil, "copyfile", full)  # whichever module copies the codec
+    base = tiny_root["tiny-tts-base"]
+    before = _state(no_codec, base)
+    out = tmp_path / "out"
+    code = main(["repack", str(no_codec), "--codec-from", str(base), str(out)])
+    _refused(code, EXIT_OS, capsys, before, out, "speech_tokenizer", "free space")
+
+
+# --------------------------------------------------------------------------------------------- blend and merge
+
+
+def test_blend_refuses_an_llm_of_another_shape_listing_every_mismatch(tiny_root: dict[str, Path], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    llm = shutil.copytree(tiny_root["tiny-qwen3-lm"], tmp_path / "llm")
+    config = json.loads((llm / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    config["num_hidden_layers"] += 1
+    (llm / "config.json").write_text(json.dumps(config))
+    before = _state(llm, tiny_root["tiny-tts-base"])
+    out = tmp_path / "out"
+    code = main(["blend", "--tts", str(tiny_root["tiny-tts-base"]), "--llm", str(llm), "--alpha", "0.03", str(out)])
+    _refused(code, EXIT_USER, capsys, before, out, "does not match the TTS talker", "intermediate",
+             "layers")
+
+
+def test_merge_refuses_an_existing_out_and_pickled_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save({"dec": {"w": torch.zeros(2)}}, tmp_path / "base.pth")
+    torch.save({"dec": {"w": torch.ones(2)}, "evil": print}, tmp_path / "evil.pth")
+    before = _state(tmp_path / "base.pth", tmp_path / "evil.pth")
+    out = tmp_path / "merged"
+    code = main(["merge", "--base", str(tmp_path / "base.pth"), "--model", f"{tmp_path / 'evil.pth'}:1", str(out)])
+    _refused(code, EXIT_USER, capsys, before, out, "evil.pth", "refused to load")
+    out.mkdir()
+    code = main(["merge", "--base", str(tmp_path / "base.pth"), "--model", f"{tmp_path / 'base.pth'}:1", str(out)])
+    _expect(code, EXIT_USER, capsys, "already exists")
+    assert list(out.iterdir()) == []
+    _no_leftovers(tmp_path, "merged")
+
+
+# -------------------------------------------------------------------------------------------------- tts-awq push
+
+
+@pytest.fixture()
+def offline_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A token, no network object (a refusal must come before any), and a private temp dir to check for leftovers."""
+    import huggingface_hub
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("push reached the network although it should have refused")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "__init__", refuse)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_test_token")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+@pytest.mark.parametrize(("what", "needles"), [
+    ("unvalidated", ("no validation report", "--allow-unvalidated")),
+    ("no_provenance", ("provenance.json: not found",)),
+    ("bad_repo_id", ("--repo-id", "OWNER/NAME")),
+    ("edited", ("model.safetensors",)),
+    ("missing", ("package directory not found",)),
+])
+def test_push_refuses_before_sending_anything(rtn_package: Path, tmp_path: Path, offline_push: Path, what: str,
+                                              needles: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    pkg = tmp_path / "pkg"
+    if what != "missing":
+        shutil.copytree(rtn_package, pkg)
+    repo_id = "no-owner" if what == "bad_repo_id" else "you/pkg"
+    extra = ["--allow-unvalidated"] if what in ("no_provenance", "edited", "bad_repo_id") else []
+    if what == "no_provenance":
+        (pkg / "provenance.json").unlink()
+    elif what == "edited":
+        data = bytearray((pkg / "model.safetensors").read_bytes())
+        data[-7] ^= 0x01
+        (pkg / "model.safetensors").write_bytes(bytes(data))
+    before = _state(pkg) if pkg.exists() else {}
+    code = main(["push", str(pkg), "--repo-id", repo_id, *extra])
+    _expect(code, EXIT_USER, capsys, *needles)
+    assert _state(pkg) == before if pkg.exists() else not pkg.exists()
+    assert list(offline_push.iterdir()) == []  # no staging dir left behind

@@ -4,6 +4,9 @@ and numerically closer to the source than all-INT4."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -231,10 +234,15 @@ def test_budget_run_resumes_after_kill_9_byte_identical(darwin: Path, packages: 
     partial = next(tmp_path.glob(".pkg.partial-*"))
     assert (partial / ".resume" / "keep_bf16.json").is_file()
     assert quantize_talker_main([*argv, "--resume"]) == 0
-    whole = packages["budget"]
+    # the uninterrupted run in a process like the killed one (one thread: float reductions in the same order)
+    whole = tmp_path / "whole"
+    run = subprocess.run([sys.executable, "-m", "tts_awq.cli", "quantize-talker", str(src), str(whole), *argv[2:]],
+                         capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
     files = [f for f in list_files(whole) if f != "provenance.json"]
     assert set(list_files(tmp_path / "pkg")) == {*files, "provenance.json"}
     assert hash_tree(tmp_path / "pkg", files) == hash_tree(whole, files)
     prov = _prov(tmp_path / "pkg")
     assert prov["resumed_after_layers"] == 2 and "sensitivity_scan" not in prov["timings_s"]
     assert prov["kept_bf16"] == _prov(whole)["kept_bf16"]
+    assert prov["kept_bf16"]["names"] == _prov(packages["budget"])["kept_bf16"]["names"]  # same choice in-process

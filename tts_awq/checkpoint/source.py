@@ -21,7 +21,8 @@ class ResolvedSource:
         return {"spec": self.spec, "path": str(self.path), "repo_id": self.repo_id, "revision": self.revision}
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """HF_HUB_OFFLINE is set: resolve Hub ids from the local cache only."""
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in {"1", "true", "yes", "on"}
 
 
@@ -46,10 +47,10 @@ def resolve_source(spec: str | os.PathLike[str], revision: str | None = None, wh
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        local = snapshot_download(repo_id=text, revision=revision, local_files_only=_offline(),
+        local = snapshot_download(repo_id=text, revision=revision, local_files_only=offline(),
                                   allow_patterns=allow_patterns)
     except LocalEntryNotFoundError as exc:
-        hint = "unset HF_HUB_OFFLINE or download it first" if _offline() else "check the network or the repo id"
+        hint = "unset HF_HUB_OFFLINE or download it first" if offline() else "check the network or the repo id"
         raise UserError(f"{text}: {what} is not in the local Hugging Face cache and cannot be downloaded; {hint}") from exc
     except RepositoryNotFoundError as exc:
         raise UserError(f"{text}: {what} repo not found on the Hub (or private); check the id or log in") from exc

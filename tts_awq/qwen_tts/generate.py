@@ -41,6 +41,10 @@ class VoiceCloneResult:
     prefill: int = 0  # number of prefill rows
     ref_code: torch.Tensor | None = None  # ICL reference codes (decoded in front of the output, then cut)
 
+    @property
+    def frames(self) -> int:
+        return int(self.codes.shape[0])
+
 
 def _voice_prompt(tts: Any, req: VoiceClone, cache: dict[Any, Any] | None) -> list[Any]:
     """qwen-tts's voice-clone prompt item (speaker x-vector, and the codec-encoded reference for ICL). It is a

@@ -38,6 +38,7 @@ from tts_awq.checkpoint import (
 from tts_awq.checkpoint.arch import head_dim, is_repo_id
 from tts_awq.checkpoint.atomic import check_output_dir
 from tts_awq.checkpoint.layout import TTS_KIND
+from tts_awq.checkpoint.source import offline
 from tts_awq.checkpoint.store import INDEX_NAME, WEIGHTS_NAME
 from tts_awq.errors import UserError
 from tts_awq.provenance import PROVENANCE_NAME, Provenance
@@ -141,7 +142,8 @@ def _peek_config(spec: PathLike, revision: str | None) -> dict[str, Any] | None:
     try:
         from huggingface_hub import hf_hub_download
 
-        local = hf_hub_download(repo_id=text, filename="config.json", revision=revision)
+        local = hf_hub_download(repo_id=text, filename="config.json", revision=revision,
+                                local_files_only=offline())
         data = json.loads(Path(local).read_text(encoding="utf-8"))
     except Exception:  # noqa: BLE001 - any failure here is re-raised with context by resolve_source
         return None
