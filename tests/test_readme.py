@@ -75,6 +75,9 @@ SIZING: dict[str, list[str]] = {
     # the load and decode cases are covered by tests/test_bench_scale.py (~100 s); --out keeps the repo's table
     "scripts/bench_scale.py": ["--preset", "tiny", "--n-samples", "2", "--seq-len", "24", "--frames", "2",
                                "--cases", "quantize", "--out", "{work}/bench_scale-{line}.md"],
+    # the two-process case is what tests/test_validate_scale.py runs; here batch 1 vs 8 on 2 jobs
+    "scripts/bench_validate.py": ["--n-prompts", "2", "--max-new-tokens", "24", "--skip-processes",
+                                  "--out", "{work}/bench_validate-{line}.md"],
 }
 
 #: Gates for the random tiny talker, given to validate-awq commands that name no --gates file: every default gate
@@ -569,6 +572,9 @@ def _check_command(step: Step, result: Result, rd: Readme) -> None:
     elif tool == "scripts/bench_scale.py":
         table = Path(result.argv[result.argv.index("--out") + 1]).read_text()
         assert "a) quantize-talker" in table and "b) size on disk" in table
+    elif tool == "scripts/bench_validate.py":
+        table = Path(result.argv[result.argv.index("--out") + 1]).read_text()
+        assert "| 1 | " in table and "| 8 | " in table and "teacher.kl_mean" in table
     else:
         raise AssertionError(f"no output check for {tool}: add one to _check_command")
 
