@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +24,14 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tts_awq.testing.tiny import build_tiny_darwin
 
     return build_tiny_darwin(tmp_path_factory.mktemp("tiny"), seed=0, alpha=0.03)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Any:
+    """Tiny tensors: one intra-op thread is faster and immune to OpenMP stalls on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

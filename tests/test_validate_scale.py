@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
 from tts_awq.testing.damage import copy_package, edit_weights, scale_eos_row
@@ -25,12 +24,7 @@ NO_GATES = {name: None for name in ("median_duration_ratio", "teacher_top1", "kl
 SMALL = {"n_prompts": 8, "seeds": 1, "max_new_tokens": 48, "device": "cpu", "gates": NO_GATES}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +38,7 @@ def package(tiny_root: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 
 def _stable_prompts(data: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in e.items()} for e in data["prompts"]]
+    return list(data["prompts"])
 
 
 def test_batched_run_is_deterministic_and_the_cache_is_reused(package: Path, tmp_path: Path) -> None:

@@ -28,9 +28,3 @@ def generate_jobs(tts: Any, jobs: list[Job], voice_audio: dict[str, tuple[np.nda
                            ref_text=j.voice.ref_text, icl=j.icl, seed=j.seed, voice=j.voice.name) for j in jobs]
     return generate_voice_clone(tts, requests, max_new_tokens, capture=capture, prompt_cache=prompt_cache)
 
-
-def generate(tts: Any, job: Job, voice_audio: tuple[np.ndarray, int], max_new_tokens: int,
-             capture: bool = False) -> Generation:
-    """One job alone (batch 1)."""
-    return generate_jobs(tts, [job], {job.voice.name: voice_audio}, max_new_tokens, capture)[0]
-
