@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""validate-awq throughput on the tiny model: batch 1 vs batch N, and 1 vs 2 worker processes.
+"""validate-awq throughput on the tiny model: qwen-tts vs the fast decode loop, batch 1 vs N, 1 vs 2 processes.
 
     python scripts/bench_validate.py [--root .bench/validate] [--batch 8] [--profile standard] [--out bench_validate.md]
 
-a) The same jobs (``--n-prompts`` x 1 seed, ``--max-new-tokens``) at batch 1 and at ``--batch``, each in a fresh
-   cache, one after the other in this process: generations per second of the collect stage, and the summary
-   metrics side by side (batching changes the sampled tokens, so they agree within sampling tolerance, not
-   exactly).
+a) The same jobs (``--n-prompts`` x 1 seed, ``--max-new-tokens``) with qwen-tts's own generate at batch 1 (the
+   one-at-a-time loop), the fast decode loop at batch 1 (identical codes, so identical metrics) and the fast loop
+   at ``--batch``, each a fresh process and cache: jobs per second of the collect stage, generation seconds, and
+   the summary metrics side by side (batching changes the sampled tokens, so batch 1 and ``--batch`` agree within
+   sampling tolerance, not exactly).
 b) A ``--profile`` run at ``--batch`` in one process vs the same run in two processes (``torch.distributed.run``,
    gloo), each a fresh subprocess with one thread per process: wall time ratio.
 Writes a Markdown table to ``--out`` and the raw numbers to stdout.
@@ -84,24 +85,30 @@ def main(argv: list[str] | None = None) -> int:
     gates = args.root / "gates.json"
     gates.write_text(json.dumps(NO_GATES))
     sizes = ["--n-prompts", str(args.n_prompts), "--seeds", "1", "--max-new-tokens", str(args.max_new_tokens)]
+    cases = [("qwen-tts", 1), ("fast", 1), ("fast", args.batch)]
     rows, reports = [], {}
-    for batch in (1, args.batch):
-        work = copy_package(pkg, args.root / f"batch-{batch}")
-        seconds = run_cli(work, ref, gates, [*sizes, "--batch-size", str(batch)], 1)
+    for engine, batch in cases:
+        work = copy_package(pkg, args.root / f"{engine}-{batch}")
+        seconds = run_cli(work, ref, gates, [*sizes, "--batch-size", str(batch), "--engine", engine], 1)
         data = json.loads((work / "validation" / "report.json").read_text())
-        reports[batch] = data
+        reports[(engine, batch)] = data
         collect = data["timings_s"]["collect"]
-        rows.append((batch, args.n_prompts / collect, collect, seconds))
+        generate = metric(data, ("throughput", "generate_seconds_per_job_mean")) * args.n_prompts
+        rows.append((engine, batch, args.n_prompts / collect, collect, generate, seconds))
         shutil.rmtree(work)
-    base = rows[0][1]
+    base, base_gen = rows[0][2], rows[0][4]
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; tiny model (tts_awq.testing.tiny, EOS row x3), "
              f"CPU, one thread per process, fresh job cache per run.", "",
              f"a) {args.n_prompts} jobs x 1 seed, max_new_tokens {args.max_new_tokens}: collect stage "
-             "(both models generate, teacher forcing, audio)", "",
-             "| batch | generations/s | ratio to batch 1 | collect s | whole command s |", "|---|---|---|---|---|"]
-    lines += [f"| {b} | {g:.3f} | {g / base:.2f}x | {c:.1f} | {s:.1f} |" for b, g, c, s in rows]
-    lines += ["", "| metric | batch 1 | batch " + str(args.batch) + " |", "|---|---|---|"]
-    lines += [f"| {'.'.join(p)} | {metric(reports[1], p)} | {metric(reports[args.batch], p)} |" for p in METRICS]
+             "(both models generate, teacher forcing, audio); generate = both models' generation only. "
+             "Ratios are to the one-at-a-time qwen-tts loop (first row).", "",
+             "| engine | batch | jobs/s (collect) | ratio | collect s | generate s | generate ratio | "
+             "whole command s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {e} | {b} | {g:.3f} | {g / base:.2f}x | {c:.1f} | {gen:.1f} | {base_gen / gen:.2f}x | {s:.1f} |"
+              for e, b, g, c, gen, s in rows]
+    lines += ["", "| metric | " + " | ".join(f"{e} batch {b}" for e, b in cases) + " |",
+              "|---|" + "---|" * len(cases)]
+    lines += [f"| {'.'.join(p)} | " + " | ".join(str(metric(reports[c], p)) for c in cases) + " |" for p in METRICS]
     if not args.skip_processes:
         walls = {}
         for processes in (1, 2):

@@ -10,13 +10,17 @@ one-at-a-time run only at batch size 1. Batches are seeded with their first item
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from tts_awq.constants import ENGINES
 from tts_awq.qwen_tts.capture import TalkerCapture
+from tts_awq.qwen_tts.decode import FastDecode
 from tts_awq.qwen_tts.model import eos_id, language_for, supported_languages
 
 
@@ -46,6 +50,13 @@ class VoiceCloneResult:
         return int(self.codes.shape[0])
 
 
+def item_seed(req: VoiceClone) -> int:
+    """The per-item generator seed of the "fast" engine: a hash of the job's seed and request, so jobs that share
+    a seed but not a prompt draw independent streams, and a package and its reference draw the same one."""
+    key = "\0".join([str(req.seed), req.text, req.lang, req.voice, req.ref_text, str(req.icl)])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+
+
 def _voice_prompt(tts: Any, req: VoiceClone, cache: dict[Any, Any] | None) -> list[Any]:
     """qwen-tts's voice-clone prompt item (speaker x-vector, and the codec-encoded reference for ICL). It is a
     deterministic function of the model, the clip and the mode, so ``cache`` may keep it across generations."""
@@ -61,9 +72,16 @@ def _voice_prompt(tts: Any, req: VoiceClone, cache: dict[Any, Any] | None) -> li
 
 @torch.no_grad()
 def generate_voice_clone(tts: Any, requests: list[VoiceClone], max_new_tokens: int, capture: bool = False,
-                         prompt_cache: dict[Any, Any] | None = None) -> list[VoiceCloneResult]:
+                         prompt_cache: dict[Any, Any] | None = None, engine: str = "fast",
+                         slots: int | None = None) -> list[VoiceCloneResult]:
     """Generate ``requests`` as one batch seeded with ``requests[0].seed``; optionally record the talker rows.
-    ``prompt_cache`` (any dict the caller keeps) reuses voice prompts of named voices."""
+    ``prompt_cache`` (any dict the caller keeps) reuses voice prompts of named voices. ``engine``: "fast" decodes
+    with :class:`~tts_awq.qwen_tts.decode.FastDecode` and per-item draws (each item seeded by :func:`item_seed`,
+    so its codes do not depend on the batch), "exact" with the same loop drawing like ``generate`` (codes
+    identical to "qwen-tts"), "qwen-tts" with qwen-tts's own talker ``generate``. ``slots`` ("fast" only): at
+    most this many items decode at once, the next one joining when one finishes (None: all at once)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if not requests:
         return []
     torch.manual_seed(requests[0].seed)
@@ -77,17 +95,26 @@ def generate_voice_clone(tts: Any, requests: list[VoiceClone], max_new_tokens: i
     kwargs = tts._merge_generate_kwargs(max_new_tokens=max_new_tokens + 1)
     supported = supported_languages(tts)
     languages = [language_for(tts, r.lang, supported) for r in requests]
-    hook = TalkerCapture(tts.model.talker, eos_id(tts), 10**9) if capture else None
+    fast = engine != "qwen-tts"
+    hook = TalkerCapture(tts.model.talker, eos_id(tts), 10**9) if capture and not fast else None
+    seeds = [item_seed(r) for r in requests] if engine == "fast" else None
+    decoder = (FastDecode(tts.model.talker, seeds, record_rows=capture, slots=slots) if fast
+               else contextlib.nullcontext())
     torch.manual_seed(requests[0].seed)
     try:
-        codes_list, _ = tts.model.generate(input_ids=input_ids, ref_ids=ref_ids, voice_clone_prompt=prompt_dict,
-                                           languages=languages, **kwargs)
+        with decoder:
+            codes_list, _ = tts.model.generate(input_ids=input_ids, ref_ids=ref_ids, voice_clone_prompt=prompt_dict,
+                                               languages=languages, **kwargs)
     finally:
         if hook is not None:
             hook.close()
     if hook is not None and hook.position_mismatches:
         raise RuntimeError(f"talker positions were not 0..L-1 in {hook.position_mismatches} captured calls; this "
                            "qwen-tts version feeds the talker differently and replaying its rows would be wrong")
+    if capture and fast:
+        rows, prefill = decoder.rows, decoder.prefill
+    elif hook is not None:
+        rows, prefill = hook.sequences(), [hook.prefill_rows(i) for i in range(len(requests))]
     ref_codes = prompt_dict.get("ref_code") or [None] * len(requests)
     results = []
     for i, codes in enumerate(codes_list):
@@ -95,8 +122,7 @@ def generate_voice_clone(tts: Any, requests: list[VoiceClone], max_new_tokens: i
         ref_code = ref_codes[i]
         results.append(VoiceCloneResult(
             codes=codes, stopped=codes.shape[0] < max_new_tokens,
-            rows=hook.sequences()[i] if hook is not None else None,
-            prefill=hook.prefill_rows(i) if hook is not None else 0,
+            rows=rows[i] if capture else None, prefill=prefill[i] if capture else 0,
             ref_code=None if ref_code is None else ref_code.detach().to("cpu", torch.long)))
     return results
 

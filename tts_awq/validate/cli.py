@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tts_awq.cli_types import int_at_least
+from tts_awq.constants import ENGINES
 from tts_awq.validate.plan import DEFAULT_PROFILE, PROFILES
 
 EXIT_PASS = 0
@@ -28,7 +29,12 @@ def add_validate(parser: argparse.ArgumentParser) -> None:
                         default=None, help="codec frames a generation may use before it counts as a runaway "
                                            "(default: the profile's)")
     parser.add_argument("--batch-size", type=int_at_least(1), default=1,
-                        help="jobs generated together per model (faster; results depend on the batch size)")
+                        help="jobs decoded together per model (faster; with --engine fast the results do not "
+                             "depend on it)")
+    parser.add_argument("--engine", default=ENGINES[0], choices=list(ENGINES),
+                        help="talker decode loop: fast = tts-awq's loop, per-job draws, continuous batching; "
+                             "exact = the same loop drawing like qwen-tts (identical codes to qwen-tts); "
+                             "qwen-tts = its own generate")
     parser.add_argument("--gates", default=None, metavar="FILE", help="YAML or JSON file overriding gate thresholds")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--n-prompts", type=int_at_least(1), default=None,
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     result = validate_package(args.out, args.reference, eval=args.eval, seeds=args.seeds,
                               max_new_tokens=args.max_new_tokens, gates=args.gates, device=args.device,
                               asr_model=args.asr_model, n_prompts=args.n_prompts, profile=args.profile,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, engine=args.engine)
     if result is None:  # a non-main worker of a multi-process run: rank 0 writes the report
         return EXIT_PASS
     verdict = "PASS" if result.passed else "FAIL (" + ", ".join(result.failed_gates) + ")"

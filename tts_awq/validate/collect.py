@@ -55,6 +55,8 @@ class Context:
     transcribe: Any = None  # (wav, sr) -> text, when an ASR model was given
     asr_name: str | None = None
     prompt_cache: dict[Any, Any] = field(default_factory=dict)  # voice prompts per (model, voice, mode)
+    engine: str = "fast"  # talker decode loop, see tts_awq.qwen_tts.decode
+    slots: int = 1  # items decoded at once ("fast": a group of jobs refills its slots; else the group is one batch)
 
 
 def _audio_entry(ctx: Context, job: Job, g_ref: Generation, g_pkg: Generation, tf_ref: teacher.TeacherForced,
@@ -103,8 +105,9 @@ def collect_batch(ctx: Context, batch: list[Job], first_number: int) -> list[Job
     """Generate ``batch`` on both models (one batch each, same seed) and measure every job of it."""
     start = time.perf_counter()
     g_refs = generate_jobs(ctx.reference, batch, ctx.voice_audio, ctx.max_new_tokens, capture=True,
-                           prompt_cache=ctx.prompt_cache)
-    g_pkgs = generate_jobs(ctx.package, batch, ctx.voice_audio, ctx.max_new_tokens, prompt_cache=ctx.prompt_cache)
+                           prompt_cache=ctx.prompt_cache, engine=ctx.engine, slots=ctx.slots)
+    g_pkgs = generate_jobs(ctx.package, batch, ctx.voice_audio, ctx.max_new_tokens, prompt_cache=ctx.prompt_cache,
+                           engine=ctx.engine, slots=ctx.slots)
     per_item = (time.perf_counter() - start) / len(batch)  # both models, per job
     start = time.perf_counter()
     tf_refs = teacher.teacher_force_batch(ctx.reference, g_refs, ctx.vocab)
@@ -114,6 +117,6 @@ def collect_batch(ctx: Context, batch: list[Job], first_number: int) -> list[Job
     for offset, (job, g_ref, g_pkg) in enumerate(zip(batch, g_refs, g_pkgs, strict=True)):
         record = _measure(ctx, job, first_number + offset, g_ref, g_pkg, tf_refs[offset], tf_pkgs[offset],
                           per_item, teacher_per_item)
-        record.data["batch_size"] = len(batch)
+        record.data["batch_size"] = min(len(batch), ctx.slots) if ctx.engine == "fast" else len(batch)
         records.append(record)
     return records

@@ -22,7 +22,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tts_awq.constants import DEFAULT_SEED
+from tts_awq.constants import DEFAULT_SEED, ENGINES
 from tts_awq.errors import UserError
 from tts_awq.prompts import Prompt, VoiceClip
 
@@ -44,6 +44,10 @@ PROFILES = {p.name: p for p in (
 DEFAULT_PROFILE = "standard"
 
 
+#: Batches per job group with continuous batching ("fast" engine); see :attr:`Settings.group_size`.
+REFILL_GROUPS = 4
+
+
 @dataclass(frozen=True)
 class Settings:
     """The sizes and knobs of one run, after the profile and the explicit overrides were combined."""
@@ -54,6 +58,14 @@ class Settings:
     max_new_tokens: int
     batch_size: int
     device: str
+    engine: str = "fast"  # talker decode loop; both give identical codes (see tts_awq.qwen_tts.decode)
+
+    @property
+    def group_size(self) -> int:
+        """Jobs per unit of work (one generate call per model, one cached record file). The "fast" engine decodes
+        ``batch_size`` of them at a time and refills a slot as soon as an item stops, so a group holds several
+        batches; the other engines decode the group as one padded batch that runs until its longest item stops."""
+        return self.batch_size * (REFILL_GROUPS if self.engine == "fast" else 1)
 
     @property
     def seed_values(self) -> list[int]:
@@ -64,13 +76,16 @@ class Settings:
 
 
 def resolve_settings(profile: str | None, n_prompts: int | None, seeds: int | None, max_new_tokens: int | None,
-                     batch_size: int, device: str) -> Settings:
+                     batch_size: int, device: str, engine: str = "fast") -> Settings:
     name = profile or DEFAULT_PROFILE
     if name not in PROFILES:
         raise UserError(f"--profile {name}: expected one of {', '.join(PROFILES)}")
     base = PROFILES[name]
     settings = Settings(profile=name, n_prompts=n_prompts or base.n_prompts, seeds=seeds or base.seeds,
-                        max_new_tokens=max_new_tokens or base.max_new_tokens, batch_size=batch_size, device=device)
+                        max_new_tokens=max_new_tokens or base.max_new_tokens, batch_size=batch_size, device=device,
+                        engine=engine)
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
     if settings.seeds < 1 or settings.n_prompts < 1 or settings.batch_size < 1:
         raise UserError("--seeds, --n-prompts and --batch-size must be at least 1")
     if settings.max_new_tokens < 3:
@@ -126,7 +141,8 @@ def build_jobs(prompts: list[Prompt], voices: list[VoiceClip], seed_values: list
 
 
 def batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
-    """Consecutive groups of ``batch_size`` jobs; the grouping is part of every cached record's key."""
+    """Consecutive groups of ``batch_size`` jobs (see :attr:`Settings.group_size`); the grouping is part of every
+    cached record's key."""
     return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
 
 

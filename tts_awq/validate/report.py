@@ -125,8 +125,11 @@ def assemble(run: Run, metrics: dict[str, Any], facts: dict[str, Any], gate_resu
             "dtype": str(default_dtype(run.settings.device)).removeprefix("torch."),
             "asr_model": run.asr_model,
             "sampling": "qwen-tts generation defaults of the package's generation_config.json",
-            "batching": "one batch per model per group of --batch-size jobs, seeded with its first job's seed; "
-                        "results are deterministic for a given batch size",
+            "batching": ("fast engine: --batch-size jobs decode at once, a slot refilled when a job stops; each job "
+                         "draws from its own generator (seeded from its seed and request), so its codes do not "
+                         "depend on the batch" if run.settings.engine == "fast" else
+                         "one padded batch per model per group of --batch-size jobs, seeded with its first job's "
+                         "seed; results are deterministic for a given batch size"),
         },
         "metrics": metrics,
         "package": facts,
@@ -228,8 +231,8 @@ def _md_header(report: dict[str, Any]) -> list[str]:
         f"- package: `{report['package_dir']['path']}`",
         f"- reference: `{report['reference']['spec']}` ({report['reference']['kind']})",
         f"- profile {st['profile']}: {ev['n_prompts']} prompts x {len(ev['seeds'])} seeds from {ev['source']}, "
-        f"max_new_tokens {ev['max_new_tokens']}, batch size {st['batch_size']}, device {st['device']}, "
-        f"dtype {st['dtype']}",
+        f"max_new_tokens {ev['max_new_tokens']}, batch size {st['batch_size']}, engine {st['engine']}, "
+        f"device {st['device']}, dtype {st['dtype']}",
         "", "## Gates", "",
     ]
     out += md_table(["gate", "value", "threshold", "result", "what it measures"],

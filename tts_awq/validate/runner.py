@@ -135,14 +135,15 @@ def prepare(out: str | Path, reference: str | Path, eval: str | Path | None, set
 
 
 def _run_identity(run: Run) -> dict[str, Any]:
-    """What a cached record depends on (see :func:`plan.batch_key`)."""
+    """What a cached record depends on (see :func:`plan.batch_key`), the decode engine included (the "fast"
+    engine's per-item draws give other codes than qwen-tts's batch-wide ones)."""
     prov = read_provenance(run.package.root) or {}
     outputs = json.dumps(prov.get("outputs_sha256", {}), sort_keys=True).encode()
     return {"tool": __version__, "package": hashlib.sha256(outputs).hexdigest(),
             "reference": run.identities["reference"]["weights_sha256"],
             "reference_config": run.identities["reference"]["config_sha256"],
             "eval": run.eval_info["sha256"], "max_new_tokens": run.settings.max_new_tokens,
-            "batch_size": run.settings.batch_size, "dtype": str(default_dtype(run.settings.device)),
+            "batch_size": run.settings.batch_size, "engine": run.settings.engine, "dtype": str(default_dtype(run.settings.device)),
             "device_type": run.settings.device.split(":")[0], "asr_model": run.asr_model,
             "voices": {v.name: sha256_file(v.path) for v in run.voices}}
 
@@ -159,7 +160,8 @@ def _context(run: Run, device: str) -> Context:
     ctx = Context(package=run.package.tts, reference=run.reference.tts, judge=judge,
                   vocab=teacher.Vocab.of(run.reference.tts), voice_audio=voice_audio,
                   voice_embedding={name: judge.embed(*clip) for name, clip in voice_audio.items()},
-                  max_new_tokens=run.settings.max_new_tokens, transcribe=transcribe, asr_name=asr_name)
+                  max_new_tokens=run.settings.max_new_tokens, transcribe=transcribe, asr_name=asr_name,
+                  engine=run.settings.engine, slots=run.settings.batch_size)
     run.lap("load_judges", t)
     return ctx
 
@@ -169,7 +171,7 @@ def collect(run: Run, world: World, device: str) -> tuple[list[JobRecord] | None
     from tqdm.auto import tqdm
 
     identity = _run_identity(run)
-    groups = plan.batches(run.jobs, run.settings.batch_size)
+    groups = plan.batches(run.jobs, run.settings.group_size)
     keyed, first = [], 0
     for batch in groups:
         keyed.append((plan.batch_key(batch, identity), batch, first))
@@ -213,7 +215,7 @@ def _layer_report(run: Run, records: list[JobRecord], device: str) -> dict[str, 
 def validate_package(out: str | Path, reference: str | Path, eval: str | Path | None = None,
                      seeds: int | None = None, max_new_tokens: int | None = None, gates: Any = None,
                      device: str = "auto", asr_model: str | Path | None = None, n_prompts: int | None = None,
-                     profile: str | None = None, batch_size: int = 1) -> Report | None:
+                     profile: str | None = None, batch_size: int = 1, engine: str = "fast") -> Report | None:
     """Compare the INT4 package in ``out`` with ``reference`` and write ``out/validation/report.{json,md}``.
 
     Returns the report (None on the non-main workers of an ``accelerate launch`` run). Example::
@@ -225,7 +227,7 @@ def validate_package(out: str | Path, reference: str | Path, eval: str | Path | 
     started = time.perf_counter()
     world = World.from_env()
     device = world.device(resolve_device(device))
-    settings = plan.resolve_settings(profile, n_prompts, seeds, max_new_tokens, batch_size, device)
+    settings = plan.resolve_settings(profile, n_prompts, seeds, max_new_tokens, batch_size, device, engine)
     run = prepare(out, reference, eval, settings, gates, asr_model)
     t = run.lap("resolve", started)
     records, ctx = collect(run, world, device)

@@ -1,7 +1,8 @@
 """Generations of evaluation jobs (prompt x seed, with a voice and a clone mode).
 
-A job runs alone (batch 1, so no padding changes the numbers) or in a batch of jobs; see
-:mod:`tts_awq.qwen_tts.generate` for what batching changes. Prompts alternate between x-vector-only and ICL voice
+With the "fast" engine a job's codes depend only on the job (its own generator, its own unpadded prefill), not
+on the jobs decoded beside it; with "exact" / "qwen-tts" a group of jobs is one padded batch drawn from one
+generator (see :mod:`tts_awq.qwen_tts.decode`). Prompts alternate between x-vector-only and ICL voice
 cloning like the calibration does.
 """
 
@@ -22,9 +23,11 @@ Generation = VoiceCloneResult
 
 
 def generate_jobs(tts: Any, jobs: list[Job], voice_audio: dict[str, tuple[np.ndarray, int]], max_new_tokens: int,
-                  capture: bool = False, prompt_cache: dict[Any, Any] | None = None) -> list[Generation]:
+                  capture: bool = False, prompt_cache: dict[Any, Any] | None = None,
+                  engine: str = "fast", slots: int | None = None) -> list[Generation]:
     """Generate ``jobs`` as one batch (seeded with the first job's seed); ``voice_audio`` maps voice name -> clip."""
     requests = [VoiceClone(text=j.prompt.text, lang=j.prompt.lang, ref_audio=voice_audio[j.voice.name],
                            ref_text=j.voice.ref_text, icl=j.icl, seed=j.seed, voice=j.voice.name) for j in jobs]
-    return generate_voice_clone(tts, requests, max_new_tokens, capture=capture, prompt_cache=prompt_cache)
+    return generate_voice_clone(tts, requests, max_new_tokens, capture=capture, prompt_cache=prompt_cache,
+                                engine=engine, slots=slots if engine == "fast" else None)
 
