@@ -24,7 +24,7 @@ from tts_awq.quantize.evaluate import layer_tensors, relative_error
 from tts_awq.quantize.keep import KeepPlan, resolve_keep_bf16
 from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker
 from tts_awq.quantize.search_state import SEARCH_STATE_NAME, read_search_state
-from tts_awq.quantize.sensitivity import LinearScore, choose_within_budget, int4_bytes
+from tts_awq.quantize.sensitivity import LinearScore, choose_within_budget, combined_rank, int4_bytes
 
 FAST = {"n_samples": 6, "seq_len": 40, "device": "cpu", "progress": False, "calib_batch_size": 6}
 CLI_FAST = ["--n-samples", "6", "--seq-len", "40", "--calib-batch-size", "6", "--device", "cpu"]
@@ -136,7 +136,9 @@ def test_budget_picks_the_most_sensitive_within_the_budget(darwin: Path, package
     kept = prov["kept_bf16"]
     scan = kept["scan"]
     assert len(scan) == 4 * 7 and kept["budget_bytes"] == int(BUDGET_MB * 10**6)
-    assert [e["score"] for e in scan] == sorted((e["score"] for e in scan), reverse=True)
+    assert [e["rank"] for e in scan] == sorted((e["rank"] for e in scan), reverse=True)
+    assert all(e["eos_shift"] is not None for e in scan)  # a TTS talker: the stop-signal score was scanned
+    assert {e["name"]: e["rank"] for e in scan} == pytest.approx(combined_rank([LinearScore(**e) for e in scan]))
     picked = [e["name"] for e in scan if e["kept"]]
     assert picked and sorted(picked) == sorted(kept["names"]) and set(kept["reasons"].values()) == {"budget"}
     assert kept["extra_bytes"] == sum(e["extra_bytes"] for e in scan if e["kept"]) <= kept["budget_bytes"]
@@ -147,7 +149,7 @@ def test_budget_picks_the_most_sensitive_within_the_budget(darwin: Path, package
     pkg = TensorStore(packages["budget"])
     for name in kept["names"]:
         assert f"{name}.weight" in pkg and f"{name}.qweight" not in pkg
-    assert "sensitivity_scan" in prov["timings_s"]
+    assert "sensitivity_scan" in prov["timings_s"] and "eos_shift_scan" in prov["timings_s"]
 
 
 @pytest.mark.parametrize("which", ["mlp0", "budget"])
@@ -211,6 +213,12 @@ def test_budget_choice_and_plan_round_trip() -> None:
     scores = [LinearScore("a", 0.3, 1.0, 60), LinearScore("b", 0.2, 1.0, 50), LinearScore("c", 0.1, 1.0, 40)]
     table = choose_within_budget(scores, 100)
     assert [(e.name, e.kept) for e in table] == [("a", True), ("b", False), ("c", True)]
+    # the stop-signal score ranks an output-error underdog first: c's |EOS shift| is 5x the median, a's error 1.5x
+    shifted = [LinearScore(e.name, e.score, e.mse, e.extra_bytes, eos_shift=v)
+               for e, v in zip(scores, [0.01, -0.02, -0.1], strict=True)]
+    rank = combined_rank(shifted)
+    assert rank == pytest.approx({"a": 1.5, "b": 1.0, "c": 5.0})
+    assert [(e.name, e.kept) for e in choose_within_budget(shifted, 100)] == [("c", True), ("a", True), ("b", False)]
     assert [e.kept for e in choose_within_budget(scores, 100, already={"a"})] == [False, True, True]
     plan = KeepPlan({"b": "--keep-bf16 b"}).with_budget(scores, 100, ["a", "b", "c"])
     assert plan.reasons == {"a": "budget", "b": "--keep-bf16 b", "c": "budget"}
@@ -246,3 +254,49 @@ def test_budget_run_resumes_after_kill_9_byte_identical(darwin: Path, packages: 
     assert prov["resumed_after_layers"] == 2 and "sensitivity_scan" not in prov["timings_s"]
     assert prov["kept_bf16"] == _prov(whole)["kept_bf16"]
     assert prov["kept_bf16"]["names"] == _prov(packages["budget"])["kept_bf16"]["names"]  # same choice in-process
+
+
+def test_eos_shift_first_order_estimate_matches_the_measured_change(darwin: Path) -> None:
+    """Independent reference: the stop hazard re-measured through the whole stack with each Linear alone
+    replaced by its RTN INT4 version, against the scan's one-backward first-order estimate."""
+    from tts_awq.quantize.engine import read_layer
+    from tts_awq.quantize.eos_shift import scan_eos_shift, stop_hazard
+    from tts_awq.quantize.int4 import rtn
+    from tts_awq.qwen_tts import VoiceClone, eos_id, generate_voice_clone, load_tts_model
+    from tts_awq.testing.tiny import reference_wav
+
+    torch.set_num_threads(1)
+    tts = load_tts_model(darwin, "cpu", torch.float32)
+    clip = (reference_wav(seed=2), 24000)
+    texts = ["Hello there, how are you?", "Good morning to you all.", "Short one here.", "What a nice day."]
+    requests = [VoiceClone(text=t, lang="english", ref_audio=clip, ref_text="Hi there.", icl=i % 2 == 1, seed=i,
+                           voice="v") for i, t in enumerate(texts)]
+    xs = [r.rows for r in generate_voice_clone(tts, requests, 40, capture=True)]
+    eos = eos_id(tts)
+    spec, store = detect_layout(darwin).decoder, TensorStore(darwin)
+    group = 64
+    shifts, hazard = scan_eos_shift(store, spec, xs, eos, 4, group, progress=False)
+    runner = DecoderRunner(spec, "cpu")
+    norm, head = runner.final_norm(store.get(spec.final_norm)), store.get(spec.head).float()
+    rows = sum(int(x.shape[0]) for x in xs)
+
+    def measured(name: str | None) -> float:
+        h = xs
+        for index in range(spec.num_layers):
+            tensors = dict(read_layer(store, spec, index))
+            if name is not None and name.startswith(f"{spec.layer_prefix}{index}."):
+                key = name[len(f"{spec.layer_prefix}{index}."):] + ".weight"
+                tensors[key] = rtn(tensors[key].float(), 4, group)
+            h = runner.run_layer(runner.build_layer(tensors, index), h)
+        with torch.no_grad():
+            return float(sum(stop_hazard(x, norm, head, eos) for x in h)) / rows
+
+    base = measured(None)
+    assert hazard == pytest.approx(base, rel=1e-5) and len(shifts) == 4 * 7
+    names = list(shifts)
+    actual = np.array([(measured(n) - base) / base for n in names])
+    estimate = np.array([shifts[n] for n in names])
+    assert np.corrcoef(estimate, actual)[0, 1] > 0.95
+    top = np.argsort(-np.abs(actual))[:5]
+    assert (np.sign(estimate[top]) == np.sign(actual[top])).all()
+    assert np.abs(estimate[top] - actual[top]).max() < 0.35 * np.abs(actual[top]).max()

@@ -96,7 +96,10 @@ class KeepPlan:
             "sizes": sizes,
             "extra_bytes": sum(s["extra_bytes"] for s in sizes.values()),
             "budget_bytes": self.budget_bytes,
-            "scan_score": None if self.scan is None else "relative output error of round-to-nearest INT4 on the "
-                                                         "calibration inputs (tts_awq/quantize/sensitivity.py)",
+            "scan_score": None if self.scan is None else (
+                "rank = max(score / median score, |eos_shift| / median |eos_shift|): score = relative output error "
+                "of round-to-nearest INT4 on the calibration inputs, eos_shift = its first-order relative change "
+                "of the mean per-frame P(codec EOS) under teacher forcing (tts_awq/quantize/sensitivity.py, "
+                "eos_shift.py)"),
             "scan": self.scan,
         }

@@ -24,10 +24,11 @@ from tts_awq.memory import current_rss_bytes
 from tts_awq.provenance import Provenance, input_hashes
 from tts_awq.quantize.calibration import Calibration, build_calibration
 from tts_awq.quantize.engine import METHODS, AwqOptions, check_layer_shapes, run_awq
+from tts_awq.quantize.eos_shift import scan_eos_shift
 from tts_awq.quantize.keep import KeepPlan, resolve_keep_bf16
 from tts_awq.quantize.reassemble import PackageWriter, decoder_linear_names, module_census
 from tts_awq.quantize.resume import ResumeState, run_key
-from tts_awq.quantize.sensitivity import MB, scan_sensitivity
+from tts_awq.quantize.sensitivity import MB, scan_sensitivity, with_eos_shift
 from tts_awq.qwen_tts import resolve_device
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,12 @@ def _plan_keep(options: QuantizeOptions, explicit: dict[str, str], state: Resume
         with prov.timed("sensitivity_scan"):
             scores = scan_sensitivity(store, layout.decoder, calibration.sequences, options.w_bit,
                                       options.group_size, device, options.progress)
+        eos = (layout.config.get("talker_config") or {}).get("codec_eos_token_id")
+        if eos is not None and layout.decoder.head is not None:
+            with prov.timed("eos_shift_scan"):
+                shifts, _ = scan_eos_shift(store, layout.decoder, calibration.sequences, int(eos), options.w_bit,
+                                           options.group_size, device, progress=options.progress)
+            scores = with_eos_shift(scores, shifts)
         plan = plan.with_budget(scores, int(options.keep_bf16_budget_mb * MB), decoder_linear_names(layout))
     state.save_keep_choice(plan.to_dict())
     return plan

@@ -11,16 +11,18 @@ then taken greedily by score while their extra bytes (dense minus INT4) fit the 
 runs with them kept. RTN error is a proxy for the AWQ loss: AWQ lowers every error, but the ranking (which
 Linears quantize worst) is what matters here, and it is the ranking validate-awq's per-layer check reports.
 
-Not scored: the error each Linear adds to the codec-EOS logit under teacher forcing. It needs the perturbation
-carried through every later layer, the final norm and the head, i.e. one stack suffix per Linear (about 7·L²/2
-layer forwards, ~100x the AWQ pass for 28 layers), which a streaming one-pass loop does not hold. validate-awq
-measures the stop signal on the finished package instead.
+Second score, for TTS talkers: the first-order change each Linear's RTN error makes to the stop hazard (mean
+per-frame P(codec EOS) under teacher forcing; :mod:`tts_awq.quantize.eos_shift`, one extra forward+backward of
+the stack instead of one stack suffix per Linear). The ranking key is the larger of the two scores, each divided
+by its median over all Linears (:func:`combined_rank`): a Linear is kept if it is an outlier on either the output
+error or the stop signal.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -40,6 +42,8 @@ class LinearScore:
     mse: float
     extra_bytes: int  # dense bytes minus AWQ GEMM bytes
     kept: bool = False
+    eos_shift: float | None = None  # first-order relative change of the stop hazard (TTS talkers)
+    rank: float | None = None  # the ranking key (combined_rank), when the table was ranked
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -92,15 +96,33 @@ def scan_sensitivity(store: TensorStore, spec: DecoderSpec, xs: Activations, bit
     return scores
 
 
+def with_eos_shift(scores: Sequence[LinearScore], shifts: dict[str, float]) -> list[LinearScore]:
+    return [replace(s, eos_shift=shifts.get(s.name)) for s in scores]
+
+
+def combined_rank(scores: Sequence[LinearScore]) -> dict[str, float]:
+    """Per Linear: max(output error / its median, |EOS shift| / its median); the output error alone when the
+    EOS shift was not scanned."""
+    def normalized(values: dict[str, float]) -> dict[str, float]:
+        median = statistics.median(values.values()) if values else 0.0
+        return {k: v / median if median > 0 else 0.0 for k, v in values.items()}
+
+    error = normalized({s.name: s.score for s in scores})
+    shift = normalized({s.name: abs(s.eos_shift) for s in scores if s.eos_shift is not None})
+    return {s.name: max(error[s.name], shift.get(s.name, 0.0)) for s in scores}
+
+
 def choose_within_budget(scores: Sequence[LinearScore], budget_bytes: int,
                          already: Collection[str] = ()) -> list[LinearScore]:
-    """The scan table with ``kept`` set: most sensitive first, each taken while its extra bytes still fit the
-    budget (Linears in ``already`` are kept anyway and cost nothing here). Sorted by score, then name."""
+    """The scan table with ``kept`` set: most sensitive first (:func:`combined_rank`), each taken while its extra
+    bytes still fit the budget (Linears in ``already`` are kept anyway and cost nothing here). Sorted by rank,
+    then name."""
     left = budget_bytes
+    rank = combined_rank(scores)
     table = []
-    for entry in sorted(scores, key=lambda e: (-e.score, e.name)):
+    for entry in sorted(scores, key=lambda e: (-rank[e.name], e.name)):
         take = entry.name not in already and entry.extra_bytes <= left
         if take:
             left -= entry.extra_bytes
-        table.append(LinearScore(entry.name, entry.score, entry.mse, entry.extra_bytes, take))
+        table.append(replace(entry, kept=take, rank=rank[entry.name]))
     return table

@@ -247,15 +247,21 @@ class _Running:
 
     def step(self, x: torch.Tensor) -> None:
         """One talker forward of every row's next input row ``x`` [B, 1, H]."""
-        batch = x.shape[0]
-        self.mask = torch.cat([self.mask, self.mask.new_ones((batch, 1))], dim=-1)
-        cache_position = torch.tensor([self.mask.shape[1] - 1], device=self.device)
-        positions = (cache_position + self.offsets).unsqueeze(0).expand(3, -1, -1)
-        out = self.talker.model(input_ids=None, attention_mask=self.mask, position_ids=positions,
-                                past_key_values=self.cache, inputs_embeds=x, use_cache=True,
-                                cache_position=cache_position)
-        self.hidden = out.last_hidden_state
-        self.logits = self.talker.codec_head(self.hidden)
+        self.hidden, self.logits, self.mask = _talker_step(self.talker, x, self.mask, self.offsets, self.cache)
+
+
+def _talker_step(talker: Any, x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor,
+                 cache: DynamicCache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode step of the talker for input rows ``x`` [B, 1, H] at the next cache position, each row at
+    position cache position + its offset (the talker's rope index for left-padded rows, as its forward computes
+    it): (hidden [B, 1, H], logits, the mask grown by one column)."""
+    mask = torch.cat([mask, mask.new_ones((x.shape[0], 1))], dim=-1)
+    cache_position = torch.tensor([mask.shape[1] - 1], device=x.device)
+    positions = (torch.arange(1, device=x.device).view(1, -1).expand(x.shape[0], -1)
+                 .add(cache_position[0] + offsets).unsqueeze(0).expand(3, -1, -1))
+    out = talker.model(input_ids=None, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       inputs_embeds=x, use_cache=True, cache_position=cache_position)
+    return out.last_hidden_state, talker.codec_head(out.last_hidden_state), mask
 
 
 def _left_pad_cache(cache: DynamicCache, pad: int) -> None:
@@ -351,14 +357,7 @@ class FastDecode:
             codes, x = self._next_input(hidden[:, -1:, :], token[:, None], sub, None)
             x = x + (trailing[:, step].unsqueeze(1) if step < trailing.shape[1] else tts_pad)
             fed.append(x)
-            mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
-            cache_position = torch.tensor([length + step], device=device)
-            positions = (torch.arange(1, device=device).view(1, -1).expand(batch, -1)
-                         .add(cache_position[0] + rope_deltas).unsqueeze(0).expand(3, -1, -1))
-            out = talker.model(input_ids=None, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                               inputs_embeds=x, use_cache=True, cache_position=cache_position)
-            hidden = out.last_hidden_state
-            logits = talker.codec_head(hidden)
+            hidden, logits, mask = _talker_step(talker, x, mask, rope_deltas, cache)
             steps.append(((hidden,), codes))
         if self.record_rows:
             decoded = torch.cat(fed, dim=1) if fed else embeds[:, :0]
