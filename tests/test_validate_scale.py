@@ -48,7 +48,7 @@ def test_batched_run_is_deterministic_and_the_cache_is_reused(package: Path, tmp
     assert first.data["timings_s"]["jobs_computed_here"] == 8
     assert first.data["settings"]["batch_size"] == 2 and first.data["settings"]["engine"] == "fast"
     jobs = sorted((pkg / "validation" / "jobs").glob("*.safetensors"))
-    assert len(jobs) == 1  # one record file per group of 2 x plan.REFILL_GROUPS = 8 jobs
+    assert plan.REFILL_GROUPS == 2 and len(jobs) == 2  # one record file per group of 2 x REFILL_GROUPS = 4 jobs
     assert not list((pkg / "validation" / "jobs").glob("*.claim"))
     again = validate_package(pkg, package, batch_size=2, **SMALL)  # everything cached: nothing recomputed
     assert again is not None and again.data["timings_s"]["jobs_computed_here"] == 0
@@ -78,22 +78,22 @@ def test_a_crashed_run_resumes_from_its_finished_batches(package: Path, tmp_path
     real = collect.collect_batch
     calls: list[int] = []
 
-    def crash_on_second(ctx: Any, batch: Any, first: int) -> Any:
+    def crash_on_third(ctx: Any, batch: Any, first: int) -> Any:
         calls.append(first)
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise RuntimeError("worker died")
         return real(ctx, batch, first)
 
     from tts_awq.validate import runner
 
-    monkeypatch.setattr(runner, "collect_batch", crash_on_second)
+    monkeypatch.setattr(runner, "collect_batch", crash_on_third)
     with pytest.raises(RuntimeError, match="worker died"):
-        validate_package(pkg, package, batch_size=1, **SMALL)  # groups of 1 x REFILL_GROUPS = 4 jobs
+        validate_package(pkg, package, batch_size=1, **SMALL)  # groups of 1 x REFILL_GROUPS = 2 jobs
     assert not (pkg / "validation" / "report.json").exists()
-    assert len(list((pkg / "validation" / "jobs").glob("*.safetensors"))) == 1
+    assert len(list((pkg / "validation" / "jobs").glob("*.safetensors"))) == 2
     monkeypatch.setattr(runner, "collect_batch", real)
     resumed = validate_package(pkg, package, batch_size=1, **SMALL)
-    assert resumed is not None and resumed.data["timings_s"]["jobs_computed_here"] == 4  # 1 of 2 groups left
+    assert resumed is not None and resumed.data["timings_s"]["jobs_computed_here"] == 4  # 2 of 4 groups left
     shutil.rmtree(pkg / "validation")
     clean = validate_package(pkg, package, batch_size=1, **SMALL)
     assert clean is not None and _stable_prompts(clean.data) == _stable_prompts(resumed.data)

@@ -3,9 +3,11 @@
 Generation asks for ``max_new_tokens + 1`` talker tokens, so an item "stopped" when its first EOS came within
 ``max_new_tokens`` tokens (at most ``max_new_tokens - 1`` audio frames); otherwise it ran to the limit (a runaway).
 
-qwen-tts samples a whole batch from one torch generator, so a batched item's tokens depend on which items share
-its batch: results are deterministic for a given seed, job order and batch size, and identical to the
-one-at-a-time run only at batch size 1. Batches are seeded with their first item's seed.
+Engines (``tts_awq.constants.ENGINES``, :mod:`tts_awq.qwen_tts.decode`): "fast" gives every item its own
+generator (:func:`item_seed`), so an item's codes do not depend on its batch; "exact" and "qwen-tts" sample a
+whole batch from the global generator seeded with the first item's seed, so a batched item's tokens depend on
+which items share its batch (deterministic for a given seed, job order and batch size, identical to the
+one-at-a-time run only at batch size 1).
 """
 
 from __future__ import annotations
