@@ -163,3 +163,24 @@ def test_race_draws_from_the_categorical_distribution() -> None:
     # row 0 alone, with the same generator seed, draws the same tokens: rows do not share a stream
     alone = torch.stack([_race(probs[:1], [g]) for g in [torch.Generator().manual_seed(7)] for _ in range(4000)])
     assert torch.equal(alone[:, 0], draws[:, 0])
+
+
+@pytest.mark.parametrize("icl", [False, True])
+def test_calibration_rows_equal_the_talker_capture_hook(tts: Any, icl: bool) -> None:
+    """Calibration (quantize/calibration.py) records rows with the exact FastDecode inside qwen-tts's end-to-end
+    generate_voice_clone; the reference is the TalkerCapture hook on qwen-tts's own decode of the same call."""
+    from tts_awq.qwen_tts import TalkerCapture, eos_id, synthesize
+
+    reqs = [VoiceClone(text=t, lang=lang, ref_audio=(reference_wav(seed=2), 24000), ref_text="Hi there.", icl=icl,
+                       seed=5) for t, lang in TEXTS]
+    capture = TalkerCapture(tts.model.talker, eos_id(tts), 40)
+    try:
+        synthesize(tts, reqs, 40)
+    finally:
+        capture.close()
+    with FastDecode(tts.model.talker, record_rows=True) as decoder:
+        synthesize(tts, reqs, 40)
+    slow, fast = capture.sequences(), [rows[:40] for rows in decoder.rows]
+    assert len(slow) == len(fast) == len(reqs) and capture.position_mismatches == 0
+    for a, b in zip(slow, fast, strict=True):
+        assert torch.equal(a, b)
