@@ -98,16 +98,17 @@ class DecoderRunner:
                 outs[i] = out[row, :n]
         return outs  # type: ignore[return-value]
 
+    def layer_forward(self, layer: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """``layer`` on a right-padded batch [B, T, H] at positions 0..T-1 (autograd as the caller has it)."""
+        length = batch.shape[1]
+        ids = torch.arange(length, device=self.device)[None]
+        out = layer(batch, position_ids=ids, **self.attention_kwargs(length))
+        return out[0] if isinstance(out, tuple) else out
+
     @torch.no_grad()
     def run_layer(self, layer: nn.Module, xs: Sequence[torch.Tensor],
                   on_batch: Callable[[list[int], list[int]], None] | None = None) -> Activations:
-        def call(batch: torch.Tensor) -> torch.Tensor:
-            length = batch.shape[1]
-            ids = torch.arange(length, device=self.device)[None]
-            out = layer(batch, position_ids=ids, **self.attention_kwargs(length))
-            return out[0] if isinstance(out, tuple) else out
-
-        return self._batched(call, xs, on_batch)
+        return self._batched(lambda batch: self.layer_forward(layer, batch), xs, on_batch)
 
     @torch.no_grad()
     def run_module(self, module: nn.Module, xs: Sequence[torch.Tensor], attention: bool) -> Activations:

@@ -35,13 +35,6 @@ def stop_hazard(hidden: torch.Tensor, norm: torch.nn.Module, head: torch.Tensor,
     return torch.softmax(norm(hidden) @ head.t(), dim=-1)[:, eos].sum()
 
 
-def _run(runner: DecoderRunner, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    length = x.shape[0]
-    ids = torch.arange(length, device=runner.device)[None]
-    out = layer(x[None], position_ids=ids, **runner.attention_kwargs(length))
-    return (out[0] if isinstance(out, tuple) else out)[0]
-
-
 def scan_eos_shift(store: TensorStore, spec: DecoderSpec, xs: Activations, eos: int, bits: int, group_size: int,
                    device: torch.device | str = "cpu", max_sequences: int = MAX_SEQUENCES,
                    progress: bool = True) -> tuple[dict[str, float], float]:
@@ -58,12 +51,10 @@ def scan_eos_shift(store: TensorStore, spec: DecoderSpec, xs: Activations, eos: 
     rows = sum(int(x.shape[0]) for x in xs)
     layer_inputs: list[list[torch.Tensor]] = []
     bar = tqdm(total=2 * spec.num_layers, desc="EOS-shift scan", unit="layer", disable=not progress)
-    with torch.no_grad():
-        for index in range(spec.num_layers):
-            layer_inputs.append([x.cpu() for x in xs])
-            layer = runner.build_layer(read_layer(store, spec, index), index)
-            xs = [_run(runner, layer, x) for x in xs]
-            bar.update()
+    for index in range(spec.num_layers):
+        layer_inputs.append([x.cpu() for x in xs])
+        xs = runner.run_layer(runner.build_layer(read_layer(store, spec, index), index), xs)
+        bar.update()
     norm = runner.final_norm(store.get(spec.final_norm)).requires_grad_(False)
     head = store.get(spec.head).to(runner.device, torch.float32)
     with torch.enable_grad():
@@ -97,7 +88,7 @@ def _backward(store: TensorStore, spec: DecoderSpec, runner: DecoderRunner, laye
             for seq, x in enumerate(layer_inputs[index]):
                 x = x.to(runner.device).requires_grad_(True)
                 seen.clear()
-                out = _run(runner, layer, x)
+                out = runner.layer_forward(layer, x[None])[0]
                 outputs = [seen[name][1] for name in DECODER_LINEARS]
                 linear_grads = torch.autograd.grad(out, [x, *outputs], grad_outputs=grads[seq])
                 grads[seq] = linear_grads[0].detach()
