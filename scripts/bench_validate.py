@@ -8,8 +8,10 @@ a) The same jobs (``--n-prompts`` x 1 seed, ``--max-new-tokens``) with qwen-tts'
    at ``--batch``, each a fresh process and cache: jobs per second of the collect stage, generation seconds, and
    the summary metrics side by side (batching changes the sampled tokens, so batch 1 and ``--batch`` agree within
    sampling tolerance, not exactly).
-b) A ``--profile`` run at ``--batch`` in one process vs the same run in two processes (``torch.distributed.run``,
-   gloo), each a fresh subprocess with one thread per process: wall time ratio.
+b) A ``--profile`` run at ``--batch`` in one process vs the same run in two processes, started by the command
+   itself (``--workers 2``) and by ``torch.distributed.run`` (gloo); each a fresh subprocess and cache with one
+   thread per process, the three run in turn ``--repeats`` times (this VM's speed drifts by tens of percent
+   within minutes): median wall time and its ratio to the single process.
 Writes a Markdown table to ``--out`` and the raw numbers to stdout.
 """
 
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -50,7 +53,7 @@ def build(root: Path) -> tuple[Path, Path]:
     return pkg, ref
 
 
-def run_cli(pkg: Path, ref: Path, gates: Path, args: list[str], processes: int) -> float:
+def run_cli(pkg: Path, ref: Path, gates: Path, args: list[str], processes: int = 1) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                  "--master_port", "29531"] if processes > 1 else [sys.executable])
@@ -78,18 +81,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--profile", default="standard")
     parser.add_argument("--skip-processes", action="store_true")
+    parser.add_argument("--skip-engines", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench_validate.md"))
     args = parser.parse_args(argv)
     args.root.mkdir(parents=True, exist_ok=True)
     pkg, ref = build(args.root)
     gates = args.root / "gates.json"
     gates.write_text(json.dumps(NO_GATES))
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; tiny model (tts_awq.testing.tiny, EOS row x3), "
+             f"CPU, one thread per process, fresh job cache per run."]
+    if not args.skip_engines:
+        lines += engines(args, pkg, ref, gates)
+    if not args.skip_processes:
+        lines += processes(args, pkg, ref, gates)
+    text = "\n".join(lines) + "\n"
+    args.out.write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+def engines(args: argparse.Namespace, pkg: Path, ref: Path, gates: Path) -> list[str]:
     sizes = ["--n-prompts", str(args.n_prompts), "--seeds", "1", "--max-new-tokens", str(args.max_new_tokens)]
     cases = [("qwen-tts", 1), ("fast", 1), ("fast", args.batch)]
     rows, reports = [], {}
     for engine, batch in cases:
         work = copy_package(pkg, args.root / f"{engine}-{batch}")
-        seconds = run_cli(work, ref, gates, [*sizes, "--batch-size", str(batch), "--engine", engine], 1)
+        seconds = run_cli(work, ref, gates, [*sizes, "--batch-size", str(batch), "--engine", engine])
         data = json.loads((work / "validation" / "report.json").read_text())
         reports[(engine, batch)] = data
         collect = data["timings_s"]["collect"]
@@ -97,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((engine, batch, args.n_prompts / collect, collect, generate, seconds))
         shutil.rmtree(work)
     base, base_gen = rows[0][2], rows[0][4]
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; tiny model (tts_awq.testing.tiny, EOS row x3), "
-             f"CPU, one thread per process, fresh job cache per run.", "",
-             f"a) {args.n_prompts} jobs x 1 seed, max_new_tokens {args.max_new_tokens}: collect stage "
+    lines = ["", f"a) {args.n_prompts} jobs x 1 seed, max_new_tokens {args.max_new_tokens}: collect stage "
              "(both models generate, teacher forcing, audio); generate = both models' generation only. "
              "Ratios are to the one-at-a-time qwen-tts loop (first row).", "",
              "| engine | batch | jobs/s (collect) | ratio | collect s | generate s | generate ratio | "
@@ -109,21 +125,27 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "| metric | " + " | ".join(f"{e} batch {b}" for e, b in cases) + " |",
               "|---|" + "---|" * len(cases)]
     lines += [f"| {'.'.join(p)} | " + " | ".join(str(metric(reports[c], p)) for c in cases) + " |" for p in METRICS]
-    if not args.skip_processes:
-        walls = {}
-        for processes in (1, 2):
-            work = copy_package(pkg, args.root / f"proc-{processes}")
-            walls[processes] = run_cli(work, ref, gates, ["--profile", args.profile, "--max-new-tokens",
-                                                          str(args.max_new_tokens), "--batch-size",
-                                                          str(args.batch)], processes)
+    return lines
+
+
+def processes(args: argparse.Namespace, pkg: Path, ref: Path, gates: Path) -> list[str]:
+    run_args = ["--profile", args.profile, "--max-new-tokens", str(args.max_new_tokens), "--batch-size",
+                str(args.batch)]
+    cases = {"1 process": ([], 1), "--workers 2": (["--workers", "2"], 1), "torchrun, 2 processes": ([], 2)}
+    walls: dict[str, list[float]] = {name: [] for name in cases}
+    for repeat in range(args.repeats):
+        for name, (extra, launched) in cases.items():
+            work = copy_package(pkg, args.root / "proc")
+            walls[name].append(run_cli(work, ref, gates, [*run_args, *extra], launched))
             shutil.rmtree(work)
-        lines += ["", f"b) --profile {args.profile} (max_new_tokens {args.max_new_tokens}, batch {args.batch}), "
-                  "whole command wall time", "", "| processes | wall s | ratio to 1 |", "|---|---|---|"]
-        lines += [f"| {p} | {w:.1f} | {w / walls[1]:.2f}x |" for p, w in walls.items()]
-    text = "\n".join(lines) + "\n"
-    args.out.write_text(text, encoding="utf-8")
-    print(text)
-    return 0
+            print(f"repeat {repeat + 1}: {name}: {walls[name][-1]:.1f} s", flush=True)
+    base = statistics.median(walls["1 process"])
+    lines = ["", f"b) --profile {args.profile} (max_new_tokens {args.max_new_tokens}, batch {args.batch}), whole "
+             f"command wall time, {args.repeats} runs of each in turn", "",
+             "| processes | median wall s | ratio to 1 | runs s |", "|---|---|---|---|"]
+    lines += [f"| {name} | {statistics.median(w):.1f} | {statistics.median(w) / base:.2f}x | "
+              f"{', '.join(f'{x:.1f}' for x in w)} |" for name, w in walls.items()]
+    return lines
 
 
 if __name__ == "__main__":

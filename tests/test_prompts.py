@@ -313,3 +313,23 @@ def test_unknown_language_is_refused_with_the_accepted_names(tmp_path: Path) -> 
     message = str(info.value)
     assert "row 2" in message and "'dutch'" in message and "english" in message and "auto" in message
     assert "\n" not in message
+
+
+def test_json_array_of_non_objects_and_single_object(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([{"text": "ok"}, "oops"]), encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad.json: item 2 is a str"):
+        load_prompts(path)
+    path.write_text(json.dumps({"text": "Only one.", "lang": "en"}), encoding="utf-8")
+    assert [(p.lang, p.text) for p in load_prompts(path)[0]] == [("english", "Only one.")]
+
+
+def test_builtin_prompts_load_without_the_datasets_library() -> None:
+    """Local files are parsed directly: loading them must not import ``datasets`` (seconds per process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tts_awq.prompts import load_prompts; load_prompts(None, 'eval'); "
+            "print('datasets' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -117,6 +117,49 @@ def test_two_worker_processes_share_the_jobs_and_write_one_report(package: Path,
     assert _stable_prompts(data) == json.loads(json.dumps(_stable_prompts(one.data)))
 
 
+def test_workers_flag_starts_helpers_that_share_the_jobs(package: Path, tmp_path: Path) -> None:
+    """``--workers 2``: the command is worker 0 and starts one helper process; both take batches from the cache."""
+    one = validate_package(copy_package(package, tmp_path / "single"), package, batch_size=1, **SMALL)
+    assert one is not None
+    pkg = copy_package(package, tmp_path / "pkg")
+    gates = tmp_path / "gates.json"
+    gates.write_text(json.dumps(NO_GATES))
+    cmd = [sys.executable, "-m", "tts_awq.validate", str(pkg), "--reference", str(package), "--n-prompts", "8",
+           "--seeds", "1", "--max-new-tokens", "48", "--device", "cpu", "--batch-size", "1", "--gates", str(gates),
+           "--workers", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "helper worker" not in proc.stderr  # the helper ended cleanly
+    assert proc.stderr.count("validate-awq jobs (worker 0)") >= 1 and "(worker 1)" not in proc.stderr
+    data = json.loads((pkg / "validation" / "report.json").read_text())
+    assert 0 < data["timings_s"]["jobs_computed_here"] < 8  # the helper computed the rest
+    assert _stable_prompts(data) == json.loads(json.dumps(_stable_prompts(one.data)))
+
+
+def test_a_failed_helper_is_reported_and_a_running_one_stopped(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import argparse
+    import time
+
+    from tts_awq.validate.cli import add_validate
+    from tts_awq.validate.spawn import Helpers
+
+    parser = argparse.ArgumentParser()
+    add_validate(parser)
+    args = parser.parse_args([str(tmp_path / "no-such-package"), "--reference", str(tmp_path), "--workers", "2"])
+    failed = Helpers.start(args, 2)
+    failed.procs[0].wait(120)
+    with caplog.at_level("WARNING"):
+        failed.finish()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("helper worker 1 exited with code 2" in m and "no-such-package" in m for m in messages), messages
+    running = Helpers.start(args, 2)
+    time.sleep(0.2)
+    running.stop()
+    assert running.procs[0].returncode is not None
+
+
 def test_profiles_size_the_run() -> None:
     quick = plan.resolve_settings("quick", None, None, None, 1, "cpu")
     assert (quick.n_prompts * quick.seeds, quick.max_new_tokens) == (20, 512)
@@ -184,3 +227,15 @@ def test_mixed_package_is_validated_and_carded(package: Path, tmp_path: Path) ->
 
     card = plan_push(PushOptions(package=mixed, repo_id="you/mixed", dry_run=True, allow_unvalidated=True)).card_text
     assert "decoder linears kept in BF16" in card and "talker.model.layers.0.mlp.down_proj" in card
+
+
+def test_workers_on_cuda_need_a_gpu_each() -> None:
+    import torch
+
+    from tts_awq.errors import UserError
+    from tts_awq.validate.workers import World
+
+    assert World().device("cuda") == "cuda" and World(rank=1, size=2, local_rank=1).device("cpu") == "cpu"
+    count = torch.cuda.device_count()
+    with pytest.raises(UserError, match=f"2 workers with --device cuda need a GPU each, this machine has {count}"):
+        World(rank=0, size=2, local_rank=count).device("cuda")

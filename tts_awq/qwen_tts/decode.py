@@ -22,6 +22,7 @@ Two ways to draw, one processing pipeline:
 
 While active it can also record each item's talker input rows (prefill without padding, then one row per frame
 until its first EOS): the rows :class:`tts_awq.qwen_tts.capture.TalkerCapture` records on the qwen-tts path.
+Attention masks of padded batches are built by :mod:`tts_awq.qwen_tts.masks` (the same masks, without vmap).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+from tts_awq.qwen_tts.masks import fast_masks
 
 #: The ``talker.generate`` keywords qwen-tts passes that the loop reads (anything else is refused, not ignored).
 _KNOWN = {"inputs_embeds", "attention_mask", "trailing_text_hidden", "tts_pad_embed", "max_new_tokens",
@@ -304,11 +307,14 @@ class FastDecode:
         self.prefill: list[int] = []
 
     def __enter__(self) -> FastDecode:
+        self._masks = fast_masks(self.talker)
+        self._masks.__enter__()
         self.talker.generate = self.decode  # instance attribute shadows GenerationMixin.generate
         return self
 
     def __exit__(self, *exc: object) -> None:
         del self.talker.generate
+        self._masks.__exit__(None, None, None)
 
     @torch.no_grad()
     def decode(self, **kw: Any) -> SimpleNamespace:

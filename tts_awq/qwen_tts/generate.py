@@ -23,6 +23,7 @@ import torch
 from tts_awq.constants import ENGINES
 from tts_awq.qwen_tts.capture import TalkerCapture
 from tts_awq.qwen_tts.decode import FastDecode
+from tts_awq.qwen_tts.masks import fast_masks
 from tts_awq.qwen_tts.model import eos_id, language_for, supported_languages
 
 
@@ -153,7 +154,8 @@ def decode_codes(tts: Any, codes: torch.Tensor, ref_code: torch.Tensor | None = 
     if codes.shape[0] == 0:
         return np.zeros(0, dtype=np.float32), int(codec.get_output_sample_rate())
     full = codes if ref_code is None else torch.cat([ref_code, codes], dim=0)
-    wavs, sr = codec.decode([{"audio_codes": full.to(codec.device)}])
+    with fast_masks(codec.model):
+        wavs, sr = codec.decode([{"audio_codes": full.to(codec.device)}])
     wav = np.asarray(wavs[0], dtype=np.float32)
     if ref_code is not None:
         cut = int(ref_code.shape[0] / max(full.shape[0], 1) * wav.shape[0])

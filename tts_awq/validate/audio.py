@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -37,16 +38,41 @@ def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
     return librosa.resample(np.asarray(wav, dtype=np.float32), orig_sr=sr, target_sr=target).astype(np.float32)
 
 
-def log_mel(wav: np.ndarray, sr: int) -> np.ndarray:
-    """[frames, N_MELS] natural-log power mel spectrogram."""
-    import librosa
+@functools.cache
+def _mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """[n_mels, n_fft/2+1] triangular filters on the Slaney mel scale (linear below 1 kHz, log above), each
+    normalized to unit area (``librosa.filters.mel(norm="slaney", htk=False)``, fmin 0, fmax sr/2)."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
 
-    wav = resample(wav, sr, SAMPLE_RATE)
+    def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+        return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep,
+                        hz / f_sp)
+
+    def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+        return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+    edges = mel_to_hz(np.linspace(0.0, float(hz_to_mel(np.array(sr / 2.0))), n_mels + 2))
+    bins = np.fft.rfftfreq(n_fft, d=1.0 / sr)
+    rising = (bins[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
+    falling = (edges[2:, None] - bins[None, :]) / np.diff(edges)[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    return weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+
+
+def log_mel(wav: np.ndarray, sr: int) -> np.ndarray:
+    """[frames, N_MELS] natural-log power mel spectrogram: centered STFT (zero-padded by N_FFT/2, periodic Hann
+    window of N_FFT, hop HOP), power 2, Slaney mel filters: librosa's ``melspectrogram`` defaults, computed in
+    numpy (librosa's feature module costs seconds of numba start-up per process)."""
+    wav = resample(wav, sr, SAMPLE_RATE).astype(np.float64)
     if wav.size < N_FFT:
         wav = np.pad(wav, (0, N_FFT - wav.size))
-    mel = librosa.feature.melspectrogram(y=wav, sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS,
-                                         fmin=0.0, fmax=SAMPLE_RATE / 2, power=2.0)
-    return np.log(np.maximum(mel, _FLOOR)).T.astype(np.float64)
+    padded = np.pad(wav, (N_FFT // 2, N_FFT // 2))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)
+    power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
+    mel = power @ _mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS).T
+    return np.log(np.maximum(mel, _FLOOR))
 
 
 def mel_cepstra(logmel: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 from tts_awq.cli_types import int_at_least
 from tts_awq.constants import ENGINES
 from tts_awq.validate.plan import DEFAULT_PROFILE, PROFILES
+from tts_awq.validate.spawn import Helpers, helper_rank
 
 EXIT_PASS = 0
 EXIT_GATE_FAILED = 1
@@ -41,16 +42,27 @@ def add_validate(parser: argparse.ArgumentParser) -> None:
                         help="use this many prompts, spread over the file (default: the profile's)")
     parser.add_argument("--asr-model", default=None, metavar="DIR",
                         help="local ASR model (transformers Whisper or faster-whisper dir) for WER/CER")
+    parser.add_argument("--workers", type=int_at_least(1), default=1,
+                        help="processes sharing the run on this machine (one per GPU with --device cuda; on "
+                             "CPU each gets cores/N threads); no launcher needed")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tts_awq.validate.runner import validate_package
+    helpers = Helpers.start(args, args.workers) if args.workers > 1 and helper_rank() is None else None
+    try:
+        from tts_awq.validate.runner import validate_package
 
-    result = validate_package(args.out, args.reference, eval=args.eval, seeds=args.seeds,
-                              max_new_tokens=args.max_new_tokens, gates=args.gates, device=args.device,
-                              asr_model=args.asr_model, n_prompts=args.n_prompts, profile=args.profile,
-                              batch_size=args.batch_size, engine=args.engine)
+        result = validate_package(args.out, args.reference, eval=args.eval, seeds=args.seeds,
+                                  max_new_tokens=args.max_new_tokens, gates=args.gates, device=args.device,
+                                  asr_model=args.asr_model, n_prompts=args.n_prompts, profile=args.profile,
+                                  batch_size=args.batch_size, engine=args.engine, workers=args.workers)
+    except BaseException:
+        if helpers is not None:
+            helpers.stop()
+        raise
+    if helpers is not None:
+        helpers.finish()
     if result is None:  # a non-main worker of a multi-process run: rank 0 writes the report
         return EXIT_PASS
     verdict = "PASS" if result.passed else "FAIL (" + ", ".join(result.failed_gates) + ")"

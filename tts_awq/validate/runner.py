@@ -178,7 +178,8 @@ def collect(run: Run, world: World, device: str) -> tuple[list[JobRecord] | None
         first += len(batch)
     ctx = _context(run, device)
     t = time.perf_counter()
-    with tqdm(total=len(run.jobs), desc=f"validate-awq jobs (worker {world.rank})", unit="job") as bar:
+    with tqdm(total=len(run.jobs), desc=f"validate-awq jobs (worker {world.rank})", unit="job",
+              disable=world.helper) as bar:
         computed = run_batches(run.cache, keyed, world, lambda b, n: collect_batch(ctx, b, n), bar.update)
     run.lap("collect", t)
     run.timings["jobs_computed_here"] = computed
@@ -215,10 +216,14 @@ def _layer_report(run: Run, records: list[JobRecord], device: str) -> dict[str, 
 def validate_package(out: str | Path, reference: str | Path, eval: str | Path | None = None,
                      seeds: int | None = None, max_new_tokens: int | None = None, gates: Any = None,
                      device: str = "auto", asr_model: str | Path | None = None, n_prompts: int | None = None,
-                     profile: str | None = None, batch_size: int = 1, engine: str = "fast") -> Report | None:
+                     profile: str | None = None, batch_size: int = 1, engine: str = "fast",
+                     workers: int = 1) -> Report | None:
     """Compare the INT4 package in ``out`` with ``reference`` and write ``out/validation/report.{json,md}``.
 
-    Returns the report (None on the non-main workers of an ``accelerate launch`` run). Example::
+    Returns the report (None on the non-main workers of an ``accelerate launch`` run). ``workers``: how many
+    processes share the run when the caller started the others (``validate-awq --workers N`` does, see
+    :mod:`tts_awq.validate.spawn`); it only orders this worker's batches, it never waits for absent helpers.
+    Example::
 
         from tts_awq.validate import validate_package
         rep = validate_package("darwin-awq", "FINAL-Bench/Darwin-TTS-1.7B-Cross", profile="standard", batch_size=8)
@@ -226,6 +231,8 @@ def validate_package(out: str | Path, reference: str | Path, eval: str | Path | 
     """
     started = time.perf_counter()
     world = World.from_env()
+    if workers > 1 and world.size == 1:
+        world = World.spawned(workers)
     device = world.device(resolve_device(device))
     settings = plan.resolve_settings(profile, n_prompts, seeds, max_new_tokens, batch_size, device, engine)
     run = prepare(out, reference, eval, settings, gates, asr_model)

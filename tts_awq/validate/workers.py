@@ -5,6 +5,8 @@
 (only used as a barrier), starts on the batches of its own stripe and then helps with any batch nobody holds
 (claims in :mod:`tts_awq.validate.jobcache`). Rank 0 merges every record into the one report. Without those
 variables the run is a single worker; two plain runs on the same OUT share the work the same way.
+``validate-awq --workers N`` starts its own helpers (:mod:`tts_awq.validate.spawn`): no process group, the
+main worker waits on the job cache instead of a barrier.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tts_awq.errors import UserError
 from tts_awq.validate import jobcache
 from tts_awq.validate.collect import JobRecord
 from tts_awq.validate.plan import Job
+from tts_awq.validate.spawn import helper_rank
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -29,14 +33,18 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    group: bool = False  # joined a torch.distributed process group (launcher workers), else --workers helpers
 
     @classmethod
     def from_env(cls) -> World:
+        helper = helper_rank()
+        if helper is not None:
+            return cls(rank=helper[0], size=helper[1], local_rank=helper[0])
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size <= 1:
             return cls()
         world = cls(rank=int(os.environ.get("RANK", "0")), size=size,
-                    local_rank=int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))))
+                    local_rank=int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))), group=True)
         import torch.distributed as dist
 
         if not dist.is_initialized():
@@ -47,12 +55,29 @@ class World:
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def helper(self) -> bool:
+        """A helper started by ``--workers``: no progress bar (its stderr is only kept for a crash)."""
+        return not self.group and self.rank > 0
+
     def device(self, device: str) -> str:
         """``cuda`` means this worker's own GPU (``cuda:LOCAL_RANK``) when several workers run."""
-        return f"cuda:{self.local_rank}" if device == "cuda" and self.size > 1 else device
+        if device != "cuda" or self.size == 1:
+            return device
+        import torch
+
+        if self.local_rank >= torch.cuda.device_count():
+            raise UserError(f"{self.size} workers with --device cuda need a GPU each, this machine has "
+                            f"{torch.cuda.device_count()}; use fewer workers or --device cpu")
+        return f"cuda:{self.local_rank}"
+
+    @classmethod
+    def spawned(cls, size: int) -> World:
+        """The main worker of a ``--workers`` run."""
+        return cls(size=size)
 
     def barrier(self) -> None:
-        if self.size > 1:
+        if self.group:
             import torch.distributed as dist
 
             dist.barrier()
