@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""validate-awq throughput on the tiny model: qwen-tts vs the fast decode loop, batch 1 vs N, 1 vs 2 processes.
+"""validate-awq throughput: qwen-tts vs the fast decode loop, batch 1 vs N, 1 vs 2 processes, release-profile rate.
 
     python scripts/bench_validate.py [--root .bench/validate] [--batch 8] [--profile standard] [--out bench_validate.md]
+    python scripts/bench_validate.py --preset 1.7b --device cuda --batch 32 --skip-engines --skip-processes \
+        --target-jobs 400                                  # issue 11's GPU target, on a GPU machine
 
 a) The same jobs (``--n-prompts`` x 1 seed, ``--max-new-tokens``) with qwen-tts's own generate at batch 1 (the
    one-at-a-time loop), the fast decode loop at batch 1 (identical codes, so identical metrics) and the fast loop
@@ -12,6 +14,12 @@ b) A ``--profile`` run at ``--batch`` in one process vs the same run in two proc
    itself (``--workers 2``) and by ``torch.distributed.run`` (gloo); each a fresh subprocess and cache with one
    thread per process, the three run in turn ``--repeats`` times (this VM's speed drifts by tens of percent
    within minutes): median wall time and its ratio to the single process.
+c) ``--target-jobs N`` (0: skipped): the ``release`` profile's settings (4 seeds, max_new_tokens 2048) on N jobs
+   (N/4 prompts) at ``--batch`` on ``--device``: jobs per second, codec frames per job, and the time 2000 jobs
+   would take at that rate (the GPU goal: <= 30 min on one H200). ``--preset 1.7b`` runs it on the random
+   checkpoint of the real Qwen3-TTS-12Hz-1.7B-Base talker dimensions (scripts/make_tiny_checkpoint.py; its codec
+   is the tiny random one, so codec decoding is cheaper than with the real codec), EOS row scaled by
+   ``--eos-scale`` so that generations stop (frames per job are measured and reported, not assumed).
 Writes a Markdown table to ``--out`` and the raw numbers to stdout.
 """
 
@@ -36,28 +44,35 @@ from tts_awq.quantize.pipeline import QuantizeOptions, quantize_talker  # noqa: 
 from tts_awq.testing.damage import copy_package, edit_weights, scale_eos_row  # noqa: E402
 from tts_awq.testing.tiny import build_tiny_darwin  # noqa: E402
 
+RELEASE_JOBS = 2000
+GPU_GOAL_S = 30 * 60
+
 NO_GATES = {"median_duration_ratio": None, "teacher_top1": None, "kl_mean": None, "speaker_similarity_drop": None,
             "stop_signal_ratio": None, "runaway_excess_upper95": None}
 METRICS = (("runaway", "package", "rate"), ("freerun", "sentence", "median_ratio"), ("teacher", "kl_mean"),
            ("teacher", "top1_agreement"), ("stop", "ratio_at_stop"))
 
 
-def build(root: Path) -> tuple[Path, Path]:
-    pkg, ref = root / "awq", root / "ref"
+def build(root: Path, preset: str = "tiny", device: str = "cpu", eos_scale: float = 3.0) -> tuple[Path, Path]:
+    """The reference (the preset's random Darwin blend, EOS row scaled) and its AWQ package, built once."""
+    base = root if preset == "tiny" else root / preset
+    pkg, ref = base / "awq", base / "ref"
     if not pkg.is_dir():
-        paths = build_tiny_darwin(root / "tiny", seed=0, alpha=0.03)
-        shutil.copytree(paths["tiny-darwin"], ref)
-        edit_weights(ref, scale_eos_row(3.0))
+        paths = build_tiny_darwin(base / "tiny" if preset == "tiny" else base / "src", seed=0, alpha=0.03,
+                                  preset=preset)
+        shutil.rmtree(ref, ignore_errors=True)
+        shutil.copytree(next(path for name, path in paths.items() if name.endswith("darwin")), ref)
+        edit_weights(ref, scale_eos_row(eos_scale))
         quantize_talker(QuantizeOptions(src=str(ref), out=pkg, n_samples=4, seq_len=32, calib_batch_size=4,
-                                        device="cpu", progress=False))
+                                        device=device, progress=False))
     return pkg, ref
 
 
-def run_cli(pkg: Path, ref: Path, gates: Path, args: list[str], processes: int = 1) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_cli(pkg: Path, ref: Path, gates: Path, args: list[str], processes: int = 1, device: str = "cpu") -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if device == "cpu" else dict(os.environ)
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                  "--master_port", "29531"] if processes > 1 else [sys.executable])
-    cmd = launcher + ["-m", "tts_awq.validate", str(pkg), "--reference", str(ref), "--device", "cpu",
+    cmd = launcher + ["-m", "tts_awq.validate", str(pkg), "--reference", str(ref), "--device", device,
                       "--gates", str(gates), *args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -83,18 +98,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-processes", action="store_true")
     parser.add_argument("--skip-engines", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--target-jobs", type=int, default=0, help="c) release-profile jobs to time (0: skip)")
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "1.7b"))
+    parser.add_argument("--device", default="cpu", help="for c) (a) and b) always run on CPU)")
+    parser.add_argument("--eos-scale", type=float, default=3.0, help="EOS row factor of the reference")
     parser.add_argument("--out", type=Path, default=Path("bench_validate.md"))
     args = parser.parse_args(argv)
     args.root.mkdir(parents=True, exist_ok=True)
-    pkg, ref = build(args.root)
+    pkg, ref = build(args.root, args.preset, args.device, args.eos_scale)
     gates = args.root / "gates.json"
     gates.write_text(json.dumps(NO_GATES))
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; tiny model (tts_awq.testing.tiny, EOS row x3), "
-             f"CPU, one thread per process, fresh job cache per run."]
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; {args.preset} random model "
+             f"(tts_awq.testing.tiny, EOS row x{args.eos_scale:g}); a) and b) on CPU, one thread per process; "
+             "fresh job cache per run."]
     if not args.skip_engines:
         lines += engines(args, pkg, ref, gates)
     if not args.skip_processes:
         lines += processes(args, pkg, ref, gates)
+    if args.target_jobs:
+        lines += release_rate(args, pkg, ref, gates)
     text = "\n".join(lines) + "\n"
     args.out.write_text(text, encoding="utf-8")
     print(text)
@@ -146,6 +168,27 @@ def processes(args: argparse.Namespace, pkg: Path, ref: Path, gates: Path) -> li
     lines += [f"| {name} | {statistics.median(w):.1f} | {statistics.median(w) / base:.2f}x | "
               f"{', '.join(f'{x:.1f}' for x in w)} |" for name, w in walls.items()]
     return lines
+
+
+def release_rate(args: argparse.Namespace, pkg: Path, ref: Path, gates: Path) -> list[str]:
+    prompts = max(1, args.target_jobs // 4)
+    work = copy_package(pkg, args.root / "release")
+    wall = run_cli(work, ref, gates, ["--profile", "release", "--n-prompts", str(prompts), "--batch-size",
+                                      str(args.batch)], device=args.device)
+    data = json.loads((work / "validation" / "report.json").read_text())
+    shutil.rmtree(work)
+    jobs, collect = len(data["prompts"]), data["timings_s"]["collect"]
+    frames = [p["freerun"][k] for p in data["prompts"] for k in ("reference_frames", "package_frames")]
+    runaways = sum(p["freerun"]["package_hit_limit"] or p["freerun"]["reference_hit_limit"] for p in data["prompts"])
+    estimate = collect / jobs * RELEASE_JOBS + (wall - collect)
+    verdict = "met" if estimate <= GPU_GOAL_S else "not met"
+    return ["", f"c) release profile (4 seeds, max_new_tokens {data['settings']['max_new_tokens']}) on {jobs} jobs, "
+            f"batch {args.batch}, device {args.device}", "",
+            "| jobs | collect s | jobs/s | frames per generation (mean, max) | hit the limit | whole command s | "
+            f"{RELEASE_JOBS} jobs estimated min | goal <= {GPU_GOAL_S // 60} min |", "|---|---|---|---|---|---|---|---|",
+            f"| {jobs} | {collect:.1f} | {jobs / collect:.3f} | {statistics.mean(frames):.0f}, {max(frames)} | "
+            f"{runaways} | {wall:.1f} | {estimate / 60:.1f} | {verdict} |", "",
+            "Estimate: collect seconds per job x 2000 + the run's fixed costs (whole command minus collect)."]
 
 
 if __name__ == "__main__":

@@ -75,9 +75,10 @@ SIZING: dict[str, list[str]] = {
     # the load and decode cases are covered by tests/test_bench_scale.py (~100 s); --out keeps the repo's table
     "scripts/bench_scale.py": ["--preset", "tiny", "--n-samples", "2", "--seq-len", "24", "--frames", "2",
                                "--cases", "quantize", "--out", "{work}/bench_scale-{line}.md"],
-    # the two-process case is what tests/test_validate_scale.py runs; here batch 1 vs 8 on 2 jobs
+    # the two-process case is what tests/test_validate_scale.py runs; here batch 1 vs 8 on 2 jobs and the
+    # release-rate part on 4 jobs
     "scripts/bench_validate.py": ["--n-prompts", "2", "--max-new-tokens", "24", "--skip-processes",
-                                  "--out", "{work}/bench_validate-{line}.md"],
+                                  "--target-jobs", "4", "--out", "{work}/bench_validate-{line}.md"],
 }
 
 #: Gates for the random tiny talker, given to validate-awq commands that name no --gates file: every default gate
@@ -123,7 +124,7 @@ LOCAL_STANDINS: dict[str, str] = {
     "voice.wav": "voice:en_female.wav",
 }
 #: Tools that need CUDA for their ``--device cuda`` line to mean anything (a benchmark of the GPU).
-CUDA_ONLY = ("scripts/bench_scale.py",)
+CUDA_ONLY = ("scripts/bench_scale.py", "scripts/bench_validate.py")
 #: Console scripts (pyproject [project.scripts]) and what they write (None: reads / edits OUT in place).
 CONSOLE_SCRIPTS = ("quantize-talker", "validate-awq", "tts-awq")
 #: ``python -m`` / ``accelerate launch -m`` modules and the CLI they are.
@@ -575,6 +576,7 @@ def _check_command(step: Step, result: Result, rd: Readme) -> None:
     elif tool == "scripts/bench_validate.py":
         table = Path(result.argv[result.argv.index("--out") + 1]).read_text()
         assert "| 1 | " in table and "| 8 | " in table and "teacher.kl_mean" in table
+        assert "c) release profile" in table and "2000 jobs estimated min" in table
     else:
         raise AssertionError(f"no output check for {tool}: add one to _check_command")
 

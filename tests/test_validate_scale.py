@@ -170,6 +170,20 @@ def test_profiles_size_the_run() -> None:
     assert plan.PROFILES["release"].n_prompts * plan.PROFILES["release"].seeds == 2000
 
 
+def test_groups_end_with_batch_sized_units() -> None:
+    """A standard run at batch 8 (fast engine: groups of 16): 10 groups of 16, then the last 40 jobs in groups of
+    8, every job once and in order; small runs and the plain grouping are unchanged."""
+    jobs = list(range(200))
+    standard = plan.resolve_settings(None, None, None, None, 8, "cpu")
+    groups = plan.batches(jobs, standard.group_size, standard.batch_size)  # type: ignore[arg-type]
+    assert [len(g) for g in groups] == [16] * 10 + [8] * 5
+    assert [j for g in groups for j in g] == jobs
+    assert [len(g) for g in plan.batches(jobs, 16)] == [16] * 12 + [8]  # type: ignore[arg-type]
+    assert [len(g) for g in plan.batches(jobs[:64], 16, 8)] == [16] * 4  # type: ignore[arg-type]
+    assert [len(g) for g in plan.batches(jobs[:70], 16, 8)] == [16] * 2 + [8] * 4 + [6]  # type: ignore[arg-type]
+    assert [len(g) for g in plan.batches(jobs, 8, 8)] == [8] * 25  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("eos_factor, passes", [(1.0, True), (0.4, False)])
 def test_runaway_gate_under_standard(package: Path, tmp_path: Path, eos_factor: float, passes: bool) -> None:
     """A package whose runaway rate is raised from 0 to several percent (a shrunk EOS row) fails the runaway

@@ -46,8 +46,10 @@ DEFAULT_PROFILE = "standard"
 
 #: Batches per job group with continuous batching ("fast" engine); see :attr:`Settings.group_size`. Larger groups
 #: keep the slots fuller (fewer tails where only the longest jobs run); smaller ones balance several workers
-#: (a standard run at batch 8: 13 groups of 16).
+#: (see :func:`batches` for the shorter final groups).
 REFILL_GROUPS = 2
+#: Full groups at the end of a run that :func:`batches` cuts into batch-sized groups.
+TAIL_GROUPS = 2
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Settings:
     max_new_tokens: int
     batch_size: int
     device: str
-    engine: str = "fast"  # talker decode loop; both give identical codes (see tts_awq.qwen_tts.decode)
+    engine: str = "fast"  # talker decode loop (see tts_awq.qwen_tts.decode)
 
     @property
     def group_size(self) -> int:
@@ -142,10 +144,16 @@ def build_jobs(prompts: list[Prompt], voices: list[VoiceClip], seed_values: list
             for i, p in enumerate(prompts) for s in seed_values]
 
 
-def batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
-    """Consecutive groups of ``batch_size`` jobs (see :attr:`Settings.group_size`); the grouping is part of every
-    cached record's key."""
-    return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
+def batches(jobs: list[Job], group_size: int, tail_size: int | None = None) -> list[list[Job]]:
+    """Consecutive groups of ``group_size`` jobs (see :attr:`Settings.group_size`); the grouping is part of every
+    cached record's key. With a smaller ``tail_size`` and more than ``2 * TAIL_GROUPS`` groups, the jobs of the
+    last ``TAIL_GROUPS`` groups go in groups of ``tail_size`` instead: the last units that several workers wait
+    on are shorter (a standard run at batch 8: 10 groups of 16, then 5 of 8)."""
+    head = len(jobs)
+    if tail_size is not None and tail_size < group_size and len(jobs) > 2 * TAIL_GROUPS * group_size:
+        head = (len(jobs) - TAIL_GROUPS * group_size) // group_size * group_size
+    return ([jobs[i : i + group_size] for i in range(0, head, group_size)]
+            + [jobs[i : i + tail_size] for i in range(head, len(jobs), tail_size or group_size)])
 
 
 def batch_key(batch: list[Job], run_identity: dict[str, Any]) -> str:

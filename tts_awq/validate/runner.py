@@ -171,7 +171,7 @@ def collect(run: Run, world: World, device: str) -> tuple[list[JobRecord] | None
     from tqdm.auto import tqdm
 
     identity = _run_identity(run)
-    groups = plan.batches(run.jobs, run.settings.group_size)
+    groups = plan.batches(run.jobs, run.settings.group_size, run.settings.batch_size)
     keyed, first = [], 0
     for batch in groups:
         keyed.append((plan.batch_key(batch, identity), batch, first))
