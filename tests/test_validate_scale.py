@@ -243,6 +243,16 @@ def test_mixed_package_is_validated_and_carded(package: Path, tmp_path: Path) ->
     assert "decoder linears kept in BF16" in card and "talker.model.layers.0.mlp.down_proj" in card
 
 
+def test_workers_flag_is_refused_under_a_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from tts_awq.cli import validate_awq_main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert validate_awq_main([str(tmp_path), "--reference", str(tmp_path), "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers starts its own processes" in err and err.count("\n") == 1
+
+
 def test_workers_on_cuda_need_a_gpu_each() -> None:
     import torch
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from tts_awq.cli_types import int_at_least
 from tts_awq.constants import ENGINES
+from tts_awq.errors import UserError
 from tts_awq.validate.plan import DEFAULT_PROFILE, PROFILES
 from tts_awq.validate.spawn import Helpers, helper_rank
 
@@ -49,6 +51,9 @@ def add_validate(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--workers starts its own processes; under torchrun / accelerate launch leave it out (the "
+                        "launcher's processes already share the run)")
     helpers = Helpers.start(args, args.workers) if args.workers > 1 and helper_rank() is None else None
     try:
         from tts_awq.validate.runner import validate_package
