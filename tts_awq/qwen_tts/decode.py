@@ -27,6 +27,7 @@ Attention masks of padded batches are built by :mod:`tts_awq.qwen_tts.masks` (th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -307,14 +308,14 @@ class FastDecode:
         self.prefill: list[int] = []
 
     def __enter__(self) -> FastDecode:
-        self._masks = fast_masks(self.talker)
-        self._masks.__enter__()
+        self._masks = contextlib.ExitStack()
+        self._masks.enter_context(fast_masks(self.talker))
         self.talker.generate = self.decode  # instance attribute shadows GenerationMixin.generate
         return self
 
     def __exit__(self, *exc: object) -> None:
         del self.talker.generate
-        self._masks.__exit__(None, None, None)
+        self._masks.close()
 
     @torch.no_grad()
     def decode(self, **kw: Any) -> SimpleNamespace:

@@ -232,7 +232,7 @@ def validate_package(out: str | Path, reference: str | Path, eval: str | Path | 
     started = time.perf_counter()
     world = World.from_env()
     if workers > 1 and world.size == 1:
-        world = World.spawned(workers)
+        world = World(size=workers)  # the main worker of a --workers run
     device = world.device(resolve_device(device))
     settings = plan.resolve_settings(profile, n_prompts, seeds, max_new_tokens, batch_size, device, engine)
     run = prepare(out, reference, eval, settings, gates, asr_model)

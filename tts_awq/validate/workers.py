@@ -71,11 +71,6 @@ class World:
                             f"{torch.cuda.device_count()}; use fewer workers or --device cpu")
         return f"cuda:{self.local_rank}"
 
-    @classmethod
-    def spawned(cls, size: int) -> World:
-        """The main worker of a ``--workers`` run."""
-        return cls(size=size)
-
     def barrier(self) -> None:
         if self.group:
             import torch.distributed as dist
