@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # an installed tts_awq wins
 
 from bench_scale import machine  # noqa: E402
 
@@ -53,16 +53,32 @@ METRICS = (("runaway", "package", "rate"), ("freerun", "sentence", "median_ratio
            ("teacher", "top1_agreement"), ("stop", "ratio_at_stop"))
 
 
-def build(root: Path, preset: str = "tiny", device: str = "cpu", eos_scale: float = 3.0) -> tuple[Path, Path]:
-    """The reference (the preset's random Darwin blend, EOS row scaled) and its AWQ package, built once."""
+def layout(root: Path, preset: str = "tiny") -> tuple[Path, Path, Path]:
+    """(checkpoint-set root, stopping reference, AWQ package) under ``root``; ``scripts/gpu_check.py`` builds the
+    same layout, so either reuses what the other left."""
     base = root if preset == "tiny" else root / preset
-    pkg, ref = base / "awq", base / "ref"
-    if not pkg.is_dir():
-        paths = build_tiny_darwin(base / "tiny" if preset == "tiny" else base / "src", seed=0, alpha=0.03,
-                                  preset=preset)
+    return base / "tiny" if preset == "tiny" else base / "src", base / "ref", base / "awq"
+
+
+def stopping_reference(root: Path, preset: str = "tiny", eos_scale: float = 3.0) -> Path:
+    """The preset's random Darwin blend with its EOS row scaled (random weights would rarely stop), built once."""
+    sources, ref, _ = layout(root, preset)
+    paths = build_tiny_darwin(sources, seed=0, alpha=0.03, preset=preset)
+    marker = ref.with_name(f"{ref.name}.eos-scale")  # beside the model, never inside it
+    if not (ref.is_dir() and marker.is_file() and marker.read_text().strip() == repr(eos_scale)):
+        marker.unlink(missing_ok=True)
         shutil.rmtree(ref, ignore_errors=True)
         shutil.copytree(next(path for name, path in paths.items() if name.endswith("darwin")), ref)
         edit_weights(ref, scale_eos_row(eos_scale))
+        marker.write_text(f"{eos_scale!r}\n")
+    return ref
+
+
+def build(root: Path, preset: str = "tiny", device: str = "cpu", eos_scale: float = 3.0) -> tuple[Path, Path]:
+    """The reference (the preset's random Darwin blend, EOS row scaled) and its AWQ package, built once."""
+    _, ref, pkg = layout(root, preset)
+    if not pkg.is_dir():
+        ref = stopping_reference(root, preset, eos_scale)
         quantize_talker(QuantizeOptions(src=str(ref), out=pkg, n_samples=4, seq_len=32, calib_batch_size=4,
                                         device=device, progress=False))
     return pkg, ref

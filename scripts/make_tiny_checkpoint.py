@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # an installed tts_awq wins
 
 from tts_awq.errors import UserError  # noqa: E402
 from tts_awq.testing.presets import CODEC_NOTE, PRESETS  # noqa: E402

@@ -513,3 +513,22 @@ def test_random_tensor_is_deterministic_at_real_size() -> None:
     assert torch.equal(first, second)
     tail = int((first.float().abs() >= 0.12 - 1e-3).sum())  # heavy-tail entries are >= 6 sigma
     assert 0.9 * HEAVY_TAIL_FRACTION * first.numel() < tail < 1.1 * HEAVY_TAIL_FRACTION * first.numel()
+
+
+def test_threaded_generation_gives_the_sequential_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1.7b build generates tensors on a thread pool: every tensor equals the one-at-a-time result, in plan
+    order, whatever the thread count (each tensor has its own generator, seeded by its name)."""
+    from tts_awq.testing import tiny
+
+    plan = {f"talker.model.layers.{i}.mlp.up_proj.weight": (torch.bfloat16, (96, 64)) for i in range(7)}
+    plan |= {f"talker.model.layers.{i}.input_layernorm.weight": (torch.bfloat16, (64,)) for i in range(7)}
+
+    def recipe() -> tiny._Recipe:
+        return tiny._Recipe(seed=3, std=0.02, layer_prefix="talker.model.layers.", channels=[1, 5, 9])
+
+    sequential = {name: tiny._random_tensor(name, *plan[name], recipe()) for name in plan}
+    for threads in (1, 4):
+        monkeypatch.setattr(tiny.os, "cpu_count", lambda n=threads: n)
+        made = list(tiny._generated(plan, recipe()))
+        assert [name for name, _ in made] == list(plan)
+        assert all(torch.equal(tensor, sequential[name]) for name, tensor in made)
