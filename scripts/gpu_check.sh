@@ -51,6 +51,8 @@ rm -rf "$SITE"
     2> >(grep -v -e 'is ignored' -e 'already exists' >&2)
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+# The GPU machine has no network: never let a library wait on the Hub (the rehearsal checks that nothing needs it).
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 HF_DATASETS_OFFLINE=1
 echo "[gpu_check] $(date -u '+%F %T') UTC; python $("$PY" -c 'import sys; print(sys.version.split()[0])'); wheels: ${#WHEELS[@]} from .whl" >&2
 "$PY" -P -c "
 import importlib, sys
