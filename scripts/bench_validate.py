@@ -84,16 +84,18 @@ def build(root: Path, preset: str = "tiny", device: str = "cpu", eos_scale: floa
     return pkg, ref
 
 
-def run_cli(pkg: Path, ref: Path, gates: Path, args: list[str], processes: int = 1, device: str = "cpu") -> float:
+def run_cli(pkg: Path, ref: Path, gates: Path, args: list[str], processes: int = 1, device: str = "cpu",
+            verbose: bool = False) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if device == "cpu" else dict(os.environ)
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                  "--master_port", "29531"] if processes > 1 else [sys.executable])
     cmd = launcher + ["-m", "tts_awq.validate", str(pkg), "--reference", str(ref), "--device", device,
                       "--gates", str(gates), *args]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if verbose else subprocess.PIPE, text=True,
+                          env=env)
     if proc.returncode not in (0, 1):
-        raise SystemExit(proc.stderr[-2000:])
+        raise SystemExit((proc.stderr or f"validate-awq exited {proc.returncode}")[-2000:])
     return time.perf_counter() - start
 
 
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="for c) (a) and b) always run on CPU)")
     parser.add_argument("--eos-scale", type=float, default=3.0, help="EOS row factor of the reference")
     parser.add_argument("--out", type=Path, default=Path("bench_validate.md"))
+    parser.add_argument("--verbose", action="store_true", help="let validate-awq's progress and logs through")
     args = parser.parse_args(argv)
     args.root.mkdir(parents=True, exist_ok=True)
     pkg, ref = build(args.root, args.preset, args.device, args.eos_scale)
@@ -188,9 +191,10 @@ def processes(args: argparse.Namespace, pkg: Path, ref: Path, gates: Path) -> li
 
 def release_rate(args: argparse.Namespace, pkg: Path, ref: Path, gates: Path) -> list[str]:
     prompts = max(1, args.target_jobs // 4)
+    shutil.rmtree(args.root / "release", ignore_errors=True)  # what a killed run left
     work = copy_package(pkg, args.root / "release")
     wall = run_cli(work, ref, gates, ["--profile", "release", "--n-prompts", str(prompts), "--batch-size",
-                                      str(args.batch)], device=args.device)
+                                      str(args.batch)], device=args.device, verbose=args.verbose)
     data = json.loads((work / "validation" / "report.json").read_text())
     shutil.rmtree(work)
     jobs, collect = len(data["prompts"]), data["timings_s"]["collect"]

@@ -64,8 +64,8 @@ class Sizes:
 
 
 GPU = Sizes(device="cuda", preset="1.7b", calib_samples=8, calib_seq_len=128, generate_frames=128,
-            decode_frames=48, decode_batches=(1, 8), validate_jobs=128, validate_batch=32,
-            limits_s={"a": 70, "b": 200, "c": 60, "d": 80, "e": 150})
+            decode_frames=16, decode_batches=(1, 8), validate_jobs=64, validate_batch=32,
+            limits_s={"a": 70, "b": 200, "c": 60, "d": 150, "e": 190})
 REHEARSAL = Sizes(device="cpu", preset="tiny", calib_samples=4, calib_seq_len=32, generate_frames=8,
                   decode_frames=4, decode_batches=(1, 8), validate_jobs=8, validate_batch=4,
                   limits_s={"a": 600, "b": 600, "c": 600, "d": 900, "e": 900})
@@ -251,7 +251,9 @@ def child_d(state: dict[str, Any], sizes: Sizes, variant: str) -> dict[str, Any]
         start = time.perf_counter()
         results = generate_voice_clone(tts, requests, max_new_tokens=frames)
         _sync(sizes.device)
-        return time.perf_counter() - start, min(r.frames for r in results)
+        seconds, made = time.perf_counter() - start, min(r.frames for r in results)
+        print(f"[part d {variant}] batch {batch}, {made} frames: {seconds:.3f} s", file=sys.stderr, flush=True)
+        return seconds, made
 
     out: dict[str, Any] = {"variant": variant}
     frames = sizes.decode_frames
@@ -272,7 +274,7 @@ def child_e(state: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
     table = Path(state["outdir"]) / "bench_validate.md"
     cmd = [sys.executable, str(SCRIPTS / "bench_validate.py"), "--root", state["root"], "--preset", sizes.preset,
            "--device", sizes.device, "--batch", str(sizes.validate_batch), "--skip-engines", "--skip-processes",
-           "--target-jobs", str(sizes.validate_jobs), "--out", str(table)]
+           "--target-jobs", str(sizes.validate_jobs), "--out", str(table), "--verbose"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
@@ -309,12 +311,14 @@ class PartResult:
     error: str = ""
 
 
-def _run(cmd: list[str], limit_s: float, log: list[str], label: str, env: dict[str, str] | None = None
-         ) -> tuple[int, str, str]:
-    """Run ``cmd`` with a time limit; returns (exit code or 124, stdout, combined output tail)."""
+def _run(cmd: list[str], limit_s: float, log: list[str], label: str, env: dict[str, str] | None = None,
+         live: bool = True) -> tuple[int, str, str]:
+    """Run ``cmd`` with a time limit; returns (exit code or 124, stdout, output tail). Its stderr (logs, progress)
+    goes live to ours, so a run killed from outside still shows how far each part got; ``live=False`` captures it."""
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=limit_s, env=env)
-        code, out, err = proc.returncode, proc.stdout, proc.stderr
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE if not live else None,
+                              text=True, timeout=limit_s, env=env)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr or ""
     except subprocess.TimeoutExpired as exc:
         code = 124
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
