@@ -65,7 +65,7 @@ class Sizes:
 
 GPU = Sizes(device="cuda", preset="1.7b", calib_samples=8, calib_seq_len=128, generate_frames=128,
             decode_frames=16, decode_batches=(1, 8), validate_jobs=64, validate_batch=32,
-            limits_s={"a": 70, "b": 200, "c": 60, "d": 150, "e": 190})
+            limits_s={"a": 65, "b": 190, "c": 50, "d": 140, "e": 140})
 REHEARSAL = Sizes(device="cpu", preset="tiny", calib_samples=4, calib_seq_len=32, generate_frames=8,
                   decode_frames=4, decode_batches=(1, 8), validate_jobs=8, validate_batch=4,
                   limits_s={"a": 600, "b": 600, "c": 600, "d": 900, "e": 900})

@@ -95,6 +95,14 @@ NOT_RUN: dict[str, str] = {
                                    "runs after make test; checked: .ci/run holds the line verbatim",
     "python scripts/bench_vs_autoawq.py": "installs AutoAWQ 0.2.9 from PyPI into .bench/autoawq-venv (needs the "
                                           "network) and runs for minutes; checked: its --help parses",
+    "bash scripts/gpu_check.sh --rehearse --only b .rehearse/ci": "builds a Python 3.12 venv with torch 2.11 "
+        "(minutes, network): what .ci/run runs last; checked: .ci/run holds the line verbatim",
+    "bash scripts/gpu_wheels.sh": "downloads wheels (network): the rehearsal above runs it; checked: "
+                                  "gpu_check.sh --rehearse calls it and .ci/run runs the rehearsal",
+    "bash scripts/gpu_check.sh OUT": "needs CUDA; checked: without CUDA scripts/gpu_check.py refuses with one "
+                                     "error line and exit 2",
+    "bash scripts/gpu_check.sh --rehearse OUT": "the whole rehearsal (10+ minutes); .ci/run runs its part b; "
+                                                "checked: as the line with --only b",
 }
 
 #: README commands that are known not to work yet (a regex over the command text): run, and expected to fail with
@@ -593,9 +601,19 @@ def _check_python(step: Step, result: Result, rd: Readme) -> None:
 
 
 def _not_run_check(step: Step) -> None:
-    if step.tool in ("make test", "bash scripts/wheel_smoke.sh"):
-        ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    rehearsal = "bash scripts/gpu_check.sh --rehearse --only b .rehearse/ci"
+    if step.tool in ("make test", "bash scripts/wheel_smoke.sh") or step.text == rehearsal:
         assert step.text in ci, f".ci/run does not run {step.text!r}"
+    elif step.text in ("bash scripts/gpu_wheels.sh", "bash scripts/gpu_check.sh --rehearse OUT"):
+        assert rehearsal in ci and "gpu_wheels.sh" in (REPO / "scripts" / "gpu_check.sh").read_text()
+    elif step.text == "bash scripts/gpu_check.sh OUT":
+        import torch
+
+        if not torch.cuda.is_available():
+            proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), str(REPO / ".rehearse")],
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: no CUDA")
     elif step.tool == "scripts/bench_vs_autoawq.py":
         proc = subprocess.run([sys.executable, str(REPO / step.tool), "--help"], capture_output=True, text=True,
                               timeout=120)
