@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from tts_awq.checkpoint.arch import TALKER_SHAPE_FIELDS, with_head_dim
+from tts_awq.checkpoint.confine import confined
 from tts_awq.checkpoint.files import hash_tree, read_json
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND, Layout, detect_layout
 from tts_awq.errors import UserError
@@ -79,7 +80,8 @@ def plan_codec_copy(dst: Path, base: Path) -> list[str]:
             )
     else:
         plan.extend(f"{CODEC_DIR}/{rel}" for rel in sorted(base_codec))
-    plan.extend(name for name in COMPANION_FILES if (base / name).is_file() and not (dst / name).exists())
+    plan.extend(name for name in COMPANION_FILES
+                if confined(base, name, "--codec-from file").is_file() and not (dst / name).exists())
     return plan
 
 
