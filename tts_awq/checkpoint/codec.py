@@ -68,6 +68,7 @@ def plan_codec_copy(dst: Path, base: Path) -> list[str]:
         )
     if not base_layout.has_codec:
         raise UserError(f"{base / CODEC_DIR}: --codec-from BASE has no codec (speech_tokenizer/config.json)")
+    base_layout.require_codec()  # its weights are safetensors (a pickled codec is never copied)
     base_codec = _codec_files(base)
     dst_codec = _codec_files(dst)
     plan: list[str] = []

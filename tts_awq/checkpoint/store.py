@@ -185,6 +185,13 @@ class TensorStore:
         """Every tensor whose name starts with ``prefix``, keyed by the rest of the name."""
         return {name[len(prefix) :]: self.get(name) for name in self.keys() if name.startswith(prefix)}
 
+    def require_finite(self, prefixes: tuple[str, ...]) -> None:
+        """Refuse (one line naming tensor and file) the first floating tensor under ``prefixes`` holding NaN/Inf:
+        the decoder layers of a package (norms, scales, dense-kept Linears) are a few MB, so this is cheap."""
+        for name in self.keys():
+            if name.startswith(prefixes) and self._infos[name].torch_dtype.is_floating_point:
+                self.get_finite(name)
+
     def close(self) -> None:
         """Nothing stays open between reads; kept for API symmetry."""
 

@@ -142,8 +142,8 @@ def quantize_talker(options: QuantizeOptions) -> Path:
         layout = detect_layout(source.path)
         base = (resolve_source(options.codec_from, what="--codec-from", allow_patterns=CODEC_AND_PROCESSOR_FILES)
                 if options.codec_from else None)
-        if layout.kind == TTS_KIND and not layout.has_codec and base is None:
-            layout.require_codec()
+        if layout.kind == TTS_KIND and (layout.has_codec or base is None):
+            layout.require_codec()  # present and loadable (safetensors), or --codec-from given
         store = TensorStore(source.path)
         missing = [f"{n}.weight" for i in range(layout.decoder.num_layers) for n in layout.decoder.linear_names(i)
                    if f"{n}.weight" not in store]

@@ -106,7 +106,7 @@ def requantize_package(src: str, state_file: str | Path, out: Path, overwrite: b
     layout = detect_layout(source.path)
     base = (resolve_source(codec_from, what="--codec-from", allow_patterns=CODEC_AND_PROCESSOR_FILES)
             if codec_from else None)
-    if base is None:
+    if base is None or layout.has_codec:
         layout.require_codec()
     store = TensorStore(source.path)
     source_hashes = input_hashes(source.path)
