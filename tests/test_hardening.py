@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -406,15 +407,32 @@ def _refused(code: int, want: int, capsys: pytest.CaptureFixture[str], sources: 
     """The documented exit code and one error line, every source unchanged, no OUT and no temp dir beside it."""
     line = _expect(code, want, capsys, *needles)
     for path, before in sources.items():
-        assert (hash_tree(path) if path.is_dir() else path.read_bytes()) == before, f"{path} was modified"
+        assert _snapshot(path) == before, f"{path} was modified"
     assert not out.exists(), out
     if out.parent.is_dir():
         _no_leftovers(out.parent, out.name)
     return line
 
 
+def _snapshot(path: Path) -> object:
+    """Every entry under ``path`` as it is on disk (a link as its target text, a file as its bytes' sha256),
+    walked without following links: independent of the checkpoint layer, which refuses links out."""
+    if not path.is_dir():
+        return path.read_bytes()
+    entries: dict[str, object] = {}
+    for directory, dirs, files in os.walk(path):
+        for name in dirs + files:
+            entry = Path(directory) / name
+            rel = entry.relative_to(path).as_posix()
+            if entry.is_symlink():
+                entries[rel] = ("link", os.readlink(entry))
+            elif entry.is_file():
+                entries[rel] = hashlib.sha256(entry.read_bytes()).hexdigest()
+    return entries
+
+
 def _state(*paths: Path) -> dict[Path, object]:
-    return {p: hash_tree(p) if p.is_dir() else p.read_bytes() for p in paths}
+    return {p: _snapshot(p) for p in paths}
 
 
 @pytest.mark.parametrize("method", ["awq", "rtn"])
@@ -933,18 +951,18 @@ def test_a_torn_altered_or_foreign_resume_state_is_refused_with_the_fix(
 
 
 def _sealed_state(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
-    """Rewrite a search state with ``edit`` applied to its tensors, sealed again (a well-formed but bad state)."""
-    from tts_awq.quantize.search_state import SHA256, read_search_state, write_search_state
+    """Rewrite a search state with ``edit`` applied to its tensors and a valid checksum (a well-formed but bad state,
+    as a faulty or hostile writer would make it: tts-awq's own writer refuses non-finite tensors)."""
+    from safetensors import safe_open
 
-    state = read_search_state(path)
-    layers = {i: {rel: t.clone() for rel, t in layer.items()} for i, layer in state.layers.items()}
-    edit(layers)
-    folder = path.parent / "resealed"
-    folder.mkdir()
-    meta = {k: v for k, v in state.metadata.items() if k != SHA256}
-    write_search_state(folder, state.metadata["layer_prefix"], layers, meta)
-    shutil.move(folder / path.name, path)
-    folder.rmdir()
+    from tts_awq.checkpoint.record import digest
+    from tts_awq.quantize.search_state import SHA256
+
+    with safe_open(str(path), "pt") as handle:
+        fields = {k: v for k, v in handle.metadata().items() if k != SHA256}
+    tensors = {name: t.clone() for name, t in load_file(str(path)).items()}
+    edit(tensors)
+    save_file(tensors, str(path), metadata={**fields, SHA256: digest(tensors, fields)})
 
 
 @pytest.fixture(scope="module")
@@ -955,8 +973,8 @@ def awq_package(tiny_root: dict[str, Path], tmp_path_factory: pytest.TempPathFac
                                            n_samples=2, seq_len=24, calib_batch_size=2, progress=False, device="cpu"))
 
 
-def _scale_name(layers: dict[int, dict[str, torch.Tensor]]) -> str:
-    return sorted(rel for rel in layers[1] if rel.startswith("scales."))[0]
+def _scale_name(tensors: dict[str, torch.Tensor]) -> str:
+    return sorted(name for name in tensors if ".layers.1.scales." in name)[0]
 
 
 @pytest.mark.parametrize(("how", "needles"), [
@@ -984,7 +1002,7 @@ def test_requantize_refuses_a_bad_search_state(awq_package: Path, tiny_root: dic
         save_file(load_file(str(state)), str(state), metadata=meta)
     elif how in ("zero_scale", "nan_scale"):
         value = 0.0 if how == "zero_scale" else float("nan")
-        _sealed_state(state, lambda layers: layers[1][_scale_name(layers)].view(-1).__setitem__(2, value))
+        _sealed_state(state, lambda tensors: tensors[_scale_name(tensors)].view(-1).__setitem__(2, value))
     before = _state(src, state)
     out = tmp_path / "out"
     code = main(["requantize", str(src), str(state), str(out)])
@@ -995,7 +1013,7 @@ def test_no_writer_produces_a_non_finite_tensor_with_exit_0(awq_package: Path, t
                                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A positive but tiny scale passes the state check; dividing a norm by it overflows: the writer refuses."""
     state = shutil.copy(awq_package / "search_state.safetensors", tmp_path / "state.safetensors")
-    _sealed_state(state, lambda layers: layers[1][_scale_name(layers)].fill_(1e-38))
+    _sealed_state(state, lambda tensors: tensors[_scale_name(tensors)].fill_(1e-38))
     src = tiny_root["tiny-darwin"]
     before = _state(src, state)
     out = tmp_path / "out"
@@ -1120,7 +1138,7 @@ def test_disk_full_or_read_only_during_validate_is_exit_4_and_leaves_nothing(
     hint = {errno.ENOSPC: "free space", errno.EROFS: "read-only"}[err]
     _expect(code, EXIT_OS, capsys, str(pkg / "validation" / "jobs"), hint)
     assert [p for p in (pkg / "validation").rglob("*") if not p.is_dir()] == []  # no claim, no temp, no report
-    assert {k: v for k, v in _state(pkg).items()} == before  # provenance.json untouched
+    assert _state(pkg) == before  # provenance.json untouched
 
 
 @pytest.mark.parametrize(("argv", "needles"), [
