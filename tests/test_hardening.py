@@ -1107,10 +1107,8 @@ def test_a_torn_altered_or_foreign_job_record_is_recomputed(
     record = records[0]
     if how == "torn":
         record.write_bytes(record.read_bytes()[:-10])
-    elif how == "altered":  # well-formed JSON, an edited number: caught by the checksum
-        text = record.read_bytes()
-        at = text.index(b'"kl_mean":') + len(b'"kl_mean":')
-        record.write_bytes(text[:at] + (b"9" if text[at:at + 1] != b"9" else b"8") + text[at + 1:])
+    elif how == "altered":  # well-formed, one per-frame number edited: caught by the checksum
+        _flip_last_byte(record)
     else:
         tensors, fields = read_record(record)
         write_record(record, tensors, {**fields, "batch": "f" * 16})
@@ -1134,7 +1132,7 @@ def test_disk_full_or_read_only_during_validate_is_exit_4_and_leaves_nothing(
     monkeypatch.setattr(writer.ShardedWriter, "write", failing)
     pkg = shutil.copytree(rtn_package, tmp_path / "pkg")
     before = _state(pkg)
-    code = _validate(pkg, tiny_root, tmp_path, two_prompts)
+    code = _validate(pkg, tiny_root, tmp_path, two_prompts, "--n-prompts", "1")
     hint = {errno.ENOSPC: "free space", errno.EROFS: "read-only"}[err]
     _expect(code, EXIT_OS, capsys, str(pkg / "validation" / "jobs"), hint)
     assert [p for p in (pkg / "validation").rglob("*") if not p.is_dir()] == []  # no claim, no temp, no report

@@ -163,7 +163,7 @@ def quantize_talker(options: QuantizeOptions) -> Path:
     with atomic_output_dir(options.out, options.overwrite, sources=sources, stage="quantize-talker",
                            partial_key=key, resume=options.resume) as tmp:
         state = ResumeState(tmp, key)
-        done = state.finished_layers()
+        done = state.verify()  # every record checked before this run adds anything
         saved_calibration = state.load_calibration() if done else None
         if done and saved_calibration is None:
             done = 0

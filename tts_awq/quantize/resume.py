@@ -63,6 +63,12 @@ def _as_dict(seqs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 _TENSORS, _STATE = "t/", "s/"
 
 
+class ResumeRefused(UserError):
+    """A resume state that cannot be trusted: the partial directory is kept for the user (see the message)."""
+
+    keep_partial = True
+
+
 class ResumeState:
     """The ``.resume/`` records of one partial directory; ``key`` is the run key (default: the directory's
     ``.OUT.partial-<key>`` suffix)."""
@@ -73,6 +79,18 @@ class ResumeState:
         self.layers = self.root / "layers"
         self.key = key if key is not None else self.partial.name.rpartition(".partial-")[2]
         self._inputs: list[torch.Tensor] | None = None
+        self._calibration: Calibration | None = None
+
+    def verify(self) -> int:
+        """Check every record a resumed run will use, before the run adds anything to the directory; returns the
+        finished layer count. A torn, altered or foreign record raises :class:`ResumeRefused`."""
+        done = self.finished_layers()
+        if done:
+            self._calibration = self.load_calibration()
+            for index in range(done):
+                self._read(self.layers / f"{index:03d}.safetensors", "layer", layer=index)
+        self.load_keep_choice()
+        return done
 
     def _write(self, path: Path, kind: str, tensors: dict[str, torch.Tensor], **fields: Any) -> None:
         self.layers.mkdir(parents=True, exist_ok=True)
@@ -84,8 +102,8 @@ class ResumeState:
         try:
             return read_record(path, {"kind": kind, "run": self.key, **expect})
         except RecordError as exc:
-            raise UserError(f"{exc}; the resume state cannot be trusted: remove {self.partial} (rm -r) and run "
-                            "again without --resume") from None
+            raise ResumeRefused(f"{exc}; the resume state cannot be trusted: remove {self.partial} (rm -r) and run "
+                                "again without --resume") from None
 
     def finished_layers(self) -> int:
         """Layers 0 .. n-1 are complete (0 when no layer was committed)."""
@@ -97,6 +115,8 @@ class ResumeState:
         return int(fields["next_layer"])
 
     def load_calibration(self) -> Calibration | None:
+        if self._calibration is not None:
+            return self._calibration
         path = self.root / "calibration.safetensors"
         if not path.is_file():
             return None
