@@ -1,6 +1,8 @@
 """The fault catalogue: what a hostile but fair user meets, for every command (quantize-talker, validate-awq,
 blend, repack, merge, push) and load_quantized: racing runs, --overwrite limits, OS errors, signals, crashes, bad
-options, integrity, crash resume, non-finite values, refusals of the upstream stages and of push.
+options, integrity, crash resume, non-finite values, refusals of the upstream stages and of push, and the trust
+boundaries (links and index entries leaving a root, the HF cache layout, pickles, the staged upload, checksummed
+resume/cache/search-state records, non-finite package tensors, disk full in validate-awq, unreachable gates).
 
 Each CLI case asserts the documented exit code, exactly one ``error:`` line on stderr, no traceback, the source
 unchanged and no OUT or temp dir left behind; each load_quantized case a one-line UserError.

@@ -3,12 +3,13 @@
 Per decoder layer, one float32 vector per scale group, named after the group's ``prev`` module
 (``talker.model.layers.3.scales.input_layernorm``), and the clip maxima of each clipped Linear, ``[out,
 in / group_size]`` (``talker.model.layers.3.clip.mlp.down_proj``). The safetensors metadata holds the format
-version, the options the numbers depend on (bits, group size, method, duo scaling, grid, clip, the Linears
-kept dense), the sha256 of the source files they were searched on (``source_sha256``: the weight files and
-config.json) and ``sha256``, the checksum of the tensors and every other metadata entry
-(:func:`tts_awq.checkpoint.record.digest`). A state whose checksum fails, whose scales are not finite and positive,
-or (in requantize) whose sources differ from SRC's is refused. The file is always written: a ``--method rtn`` package (no scales, no clip) holds the metadata only,
-which is all :func:`tts_awq.quantize.requantize.requantize` needs to rebuild it.
+version, the options the numbers depend on (bits, group size, method, duo scaling, grid, clip, the Linears kept
+dense), the tool version that wrote it (``producer``), the sha256 of the source files searched (``source_sha256``:
+the weight files and config.json) and ``sha256``, the checksum of the tensors and every other metadata entry
+(:func:`tts_awq.checkpoint.record.digest`). A state whose checksum fails, whose scales are not finite and
+positive, or (in requantize) whose sources differ from SRC's is refused. The file is always written: a ``--method
+rtn`` package (no scales, no clip) holds the metadata only, which is all
+:func:`tts_awq.quantize.requantize.requantize` needs to rebuild it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tts_awq.checkpoint.record import digest
+from tts_awq.checkpoint.record import PRODUCER, digest
 from tts_awq.checkpoint.store import read_safetensors_header
 from tts_awq.checkpoint.writer import ShardedWriter
 from tts_awq.errors import UserError
@@ -58,6 +59,7 @@ def state_metadata(options: Any, layer_prefix: str, num_layers: int, keep_bf16: 
     """The safetensors metadata (strings only): ``options`` is the run's :class:`AwqOptions`, ``sources`` the
     :func:`source_sha256` of the checkpoint searched."""
     return {
+        "producer": PRODUCER,
         "source_sha256": json.dumps(dict(sorted(sources.items()))),
         "format": "tts-awq-search-state",
         "format_version": str(FORMAT_VERSION),
