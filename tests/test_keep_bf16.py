@@ -240,7 +240,7 @@ def test_budget_run_resumes_after_kill_9_byte_identical(darwin: Path, packages: 
     argv = [str(src), str(tmp_path / "pkg"), *CLI_FAST, "--keep-bf16-budget", str(BUDGET_MB)]
     _kill_after_layer(argv, tmp_path, "pkg", layer=1)
     partial = next(tmp_path.glob(".pkg.partial-*"))
-    assert (partial / ".resume" / "keep_bf16.json").is_file()
+    assert (partial / ".resume" / "keep_bf16.safetensors").is_file()
     assert quantize_talker_main([*argv, "--resume"]) == 0
     # the uninterrupted run in a process like the killed one (one thread: float reductions in the same order)
     whole = tmp_path / "whole"

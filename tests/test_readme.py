@@ -21,7 +21,8 @@ Rewrites (all of them are here, nothing else changes a command):
   (reused as on a second ``make demo``).
 * Slow commands get the arguments of :data:`SIZING` appended (argparse: the last value wins). validate-awq commands
   without ``--gates`` also get :data:`TINY_GATES` (the defaults are for real checkpoints; a random tiny talker
-  fails them, and push needs a passing report).
+  fails them, and push needs a passing report); a README gates file gets ``runaway_excess_upper95: null`` when it
+  does not name that gate (:func:`_sized_gates`: one generation cannot resolve the profile's bound).
 * Without CUDA, ``--device cuda[:N]`` becomes ``--device cpu`` (and ``device="cuda"`` in Python blocks), except for
   the tools in :data:`CUDA_ONLY`, whose ``--device cuda`` lines skip.
 * ``tts-awq push`` (and the Python ``push(...)``) talk to the fake Hub of tests/test_push.py on 127.0.0.1
@@ -264,6 +265,19 @@ def yaml_files(blocks: list[Block]) -> dict[str, str]:
     return files
 
 
+def _sized_gates(text: str) -> str:
+    """A README gates file as written, plus ``runaway_excess_upper95: null`` when it does not name that gate: the
+    :data:`SIZING` run (1 generation) cannot resolve the profile's runaway bound, which validate-awq refuses before
+    generating (exit 2; tested in tests/test_hardening.py)."""
+    import yaml
+
+    data = yaml.safe_load(text) or {}
+    gates = data.get("gates", data) if isinstance(data, dict) else {}
+    if not isinstance(gates, dict) or "runaway_excess_upper95" in gates:
+        return text
+    return text + ("  " if "gates" in data else "") + "runaway_excess_upper95: null  # test sizing (1 generation)\n"
+
+
 def _runs_in_process(step: Step) -> bool:
     return step.kind == "bash" and len(step.launcher) == 1 and step.launcher[0].removeprefix(".venv/bin/") in \
         CONSOLE_SCRIPTS
@@ -369,7 +383,7 @@ class Readme:
             else:
                 target.symlink_to(sources[what], target_is_directory=True)
         for name, text in yaml_files(BLOCKS).items():
-            (self.work / name).write_text(text, encoding="utf-8")
+            (self.work / name).write_text(_sized_gates(text), encoding="utf-8")
         from tts_awq.validate.gates import default_gates
 
         gates = {name: None for name, spec in default_gates().items() if spec.enabled} | TINY_GATES

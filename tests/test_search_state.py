@@ -55,7 +55,7 @@ def test_search_state_file_names_metadata_and_provenance(awq_package: Path) -> N
     spec = detect_layout(awq_package).decoder
     assert state.metadata["group_size"] == "128" and state.metadata["bits"] == "4"
     assert state.metadata["method"] == "awq" and state.metadata["duo_scaling"] == "true"
-    assert state.metadata["n_grid"] == "20" and state.metadata["format_version"] == "1"
+    assert state.metadata["n_grid"] == "20" and state.metadata["format_version"] == "2"
     assert sorted(state.layers) == list(range(spec.num_layers))
     hidden, inter = spec.hidden_size, int(spec.config["intermediate_size"])
     layer3 = state.layers[3]
@@ -146,13 +146,14 @@ def test_search_layer_state_and_resume_round_trip(darwin: Path, tmp_path: Path) 
     state = layer_state(done.scales, done.clips)
     assert set(state) == {f"scales.{p}" for p in done.scales} | {f"clip.{n}" for n in done.clips}
     assert all(torch.equal(done.state[k], v) for k, v in state.items())
-    resume = ResumeState(tmp_path)
+    resume = ResumeState(tmp_path, "k")
     resume.layers.mkdir(parents=True)
     resume.save_layer(LayerResult(index=0, tensors={"w": torch.ones(2)}, stats={"a": 1}, state=done.state), xs)
     back = resume.load_layer(0)
     assert set(back.state) == set(done.state)
     assert all(torch.equal(back.state[k], done.state[k]) for k in done.state)
-    (tmp_path / ".resume" / "layers" / "000.state.safetensors").unlink()  # a partial run of an older version
+    assert back.stats == {"a": 1} and torch.equal(back.tensors["w"], torch.ones(2))
+    (tmp_path / ".resume" / "layers" / "000.safetensors").unlink()  # a partial run of an older version
     with pytest.raises(UserError, match="remove"):
         resume.load_layer(0)
 

@@ -9,7 +9,10 @@ case.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+from collections.abc import Iterator
 
 EXIT_USER = 2
 EXIT_INTERNAL = 3
@@ -54,3 +57,15 @@ def describe_os_error(exc: OSError) -> str:
     reason = exc.strerror or str(exc)
     hint = _OS_HINTS.get(exc.errno or -1, "check the path and the disk, then run again")
     return f"{path + ': ' if path else ''}{reason}; {hint}"
+
+
+@contextlib.contextmanager
+def naming_path(path: object) -> Iterator[None]:
+    """Re-raise an ``OSError`` that names no file (``write()`` on a full disk) with ``path``, so the one error
+    line says where it happened."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc

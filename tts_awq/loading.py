@@ -220,6 +220,7 @@ def load_quantized(path: Any, device: str = "cpu", dtype: Any = None, kernel: st
                         "even integer; restore config.json or re-run quantize-talker")
     store = TensorStore(root)
     _check_awq_tensors(root, store, model, quantized, group_size)
+    store.require_finite((spec.layer_prefix, spec.final_norm))
     swap_int4_linears(model, "", quantized, group_size, cached_dequant)
     # Every tensor but the INT4 triples is memory-mapped copy-on-write, so what is never touched (most of the 0.6 GB
     # text embedding) is never resident. The triples are read and converted one linear at a time (below), so at most

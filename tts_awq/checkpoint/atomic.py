@@ -117,7 +117,8 @@ def atomic_output_dir(out: Path, overwrite: bool = False, sources: tuple[Path, .
     """Yield a temp dir; on success it replaces ``out``; on any error it is removed and ``out`` is untouched.
 
     ``stage`` (the writing command's provenance stage) limits ``overwrite`` to outputs of that stage. With
-    ``partial_key`` the temp dir is ``.OUT.partial-<key>`` (see :func:`partial_dir`): only a SIGKILL leaves it, and
+    ``partial_key`` the temp dir is ``.OUT.partial-<key>`` (see :func:`partial_dir`): only a SIGKILL (or an error
+    whose ``keep_partial`` attribute is true: a resume state refused before anything was added) leaves it, and
     ``resume=True`` reuses it."""
     out = check_output_dir(out, overwrite, sources, stage)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +145,7 @@ def atomic_output_dir(out: Path, overwrite: bool = False, sources: tuple[Path, .
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as exc:
+            if not (partial_key is not None and getattr(exc, "keep_partial", False)):
+                shutil.rmtree(tmp, ignore_errors=True)  # a refused resume state is the user's to inspect or remove
             raise

@@ -4,13 +4,17 @@ talker has the same architecture: the check and the copy, shared by ``tts-awq re
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
 from tts_awq.checkpoint.arch import TALKER_SHAPE_FIELDS, with_head_dim
+from tts_awq.checkpoint.confine import confined, is_pickle
 from tts_awq.checkpoint.files import hash_tree, read_json
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND, Layout, detect_layout
 from tts_awq.errors import UserError
+
+log = logging.getLogger(__name__)
 
 #: Top-level processor/tokenizer files copied from BASE when SRC lacks them (never config.json or weights).
 COMPANION_FILES = (
@@ -67,6 +71,7 @@ def plan_codec_copy(dst: Path, base: Path) -> list[str]:
         )
     if not base_layout.has_codec:
         raise UserError(f"{base / CODEC_DIR}: --codec-from BASE has no codec (speech_tokenizer/config.json)")
+    base_layout.require_codec()  # its weights are safetensors (a pickled codec is never copied)
     base_codec = _codec_files(base)
     dst_codec = _codec_files(dst)
     plan: list[str] = []
@@ -78,8 +83,14 @@ def plan_codec_copy(dst: Path, base: Path) -> list[str]:
                 f"repack: use it as is, or remove {CODEC_DIR}/ from a copy first to take BASE's"
             )
     else:
-        plan.extend(f"{CODEC_DIR}/{rel}" for rel in sorted(base_codec))
-    plan.extend(name for name in COMPANION_FILES if (base / name).is_file() and not (dst / name).exists())
+        for rel in sorted(base_codec):
+            if is_pickle(base / CODEC_DIR / rel):
+                log.warning("not copied: %s/%s (a pickle file; outputs carry safetensors and plain files only)",
+                            CODEC_DIR, rel)
+            else:
+                plan.append(f"{CODEC_DIR}/{rel}")
+    plan.extend(name for name in COMPANION_FILES
+                if confined(base, name, "--codec-from file").is_file() and not (dst / name).exists())
     return plan
 
 

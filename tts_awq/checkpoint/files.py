@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from tts_awq.checkpoint.confine import is_pickle, walk_files
 from tts_awq.errors import UserError
 
+log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
@@ -23,16 +26,11 @@ def sha256_file(path: Path) -> str:
 
 
 def list_files(root: Path) -> list[str]:
-    """Every regular file under ``root`` as a sorted list of POSIX relative paths (hidden cache dirs skipped)."""
-    root = Path(root)
-    found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if any(part in {".cache", ".git", "__pycache__"} for part in rel.parts):
-            continue
-        if path.is_file():
-            found.append(rel.as_posix())
-    return sorted(found)
+    """Every regular file under ``root`` as a sorted list of POSIX relative paths (hidden cache dirs skipped).
+
+    A link that resolves outside ``root`` (the HF cache's ``blobs/`` counts as inside) is refused with one line:
+    see :mod:`tts_awq.checkpoint.confine`."""
+    return walk_files(Path(root))
 
 
 def hash_tree(root: Path, files: Iterable[str] | None = None) -> dict[str, str]:
@@ -42,10 +40,14 @@ def hash_tree(root: Path, files: Iterable[str] | None = None) -> dict[str, str]:
 
 
 def copy_tree(src: Path, dst: Path, skip: Callable[[str], bool] = lambda rel: False) -> list[str]:
-    """Copy every file of ``src`` into ``dst`` byte for byte, except those ``skip(rel)`` rejects."""
+    """Copy every file of ``src`` into ``dst`` byte for byte (a link inside ``src`` becomes a regular file), except
+    those ``skip(rel)`` rejects and pickle files (logged: an output carries no code that loading could run)."""
     copied = []
     for rel in list_files(src):
         if skip(rel):
+            continue
+        if is_pickle(Path(src) / rel):
+            log.warning("not copied: %s (a pickle file; outputs carry safetensors and plain files only)", rel)
             continue
         target = Path(dst) / rel
         target.parent.mkdir(parents=True, exist_ok=True)

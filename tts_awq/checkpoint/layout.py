@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tts_awq.checkpoint.arch import head_dim
+from tts_awq.checkpoint.confine import is_pickle
 from tts_awq.checkpoint.files import read_json
 from tts_awq.errors import UserError
 
@@ -77,11 +78,25 @@ class Layout:
         return (self.root / CODEC_DIR / "config.json").is_file()
 
     def require_codec(self) -> None:
-        if self.kind == TTS_KIND and not self.has_codec:
+        """A Qwen3-TTS checkpoint must hold a codec whose weights are safetensors (a pickled codec is bad input:
+        loading it could run code, and no output of tts-awq carries it)."""
+        if self.kind != TTS_KIND:
+            return
+        codec = self.root / CODEC_DIR
+        if not self.has_codec:
             raise UserError(
-                f"{self.root / CODEC_DIR}: missing (the codec is needed to synthesize); "
+                f"{codec}: missing (the codec is needed to synthesize); "
                 "pass --codec-from BASE to copy it from a base checkpoint such as Qwen/Qwen3-TTS-12Hz-1.7B-Base"
             )
+        if any((codec / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+            return
+        pickles = [path for path in sorted(codec.iterdir()) if path.is_file() and is_pickle(path)]
+        if pickles:
+            raise UserError(f"{pickles[0]}: the codec's weights are a pickle file, which tts-awq does not load "
+                            "(loading it can run code); convert it to speech_tokenizer/model.safetensors or pass "
+                            "--codec-from BASE")
+        raise UserError(f"{codec}: holds no model.safetensors (the codec's weights); restore it or pass --codec-from "
+                        "BASE")
 
     @property
     def modules_to_not_convert(self) -> list[str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tts_awq.checkpoint.arch import is_repo_id
+from tts_awq.checkpoint.confine import walk_files
 from tts_awq.errors import UserError
 
 
@@ -37,6 +38,7 @@ def resolve_source(spec: str | os.PathLike[str], revision: str | None = None, wh
     ``allow_patterns`` limits a Hub download (e.g. to the codec of a base checkpoint)."""
     path = Path(spec).expanduser()
     if path.is_dir():
+        walk_files(path)  # a link out of SRC is refused here, before any stage writes anything
         return ResolvedSource(path=path.resolve(), spec=str(spec))
     if path.exists():
         raise UserError(f"{path}: {what} is a file; pass the checkpoint directory that holds config.json")
@@ -56,5 +58,6 @@ def resolve_source(spec: str | os.PathLike[str], revision: str | None = None, wh
         raise UserError(f"{text}: {what} repo not found on the Hub (or private); check the id or log in") from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise UserError(f"{text}: {what} could not be downloaded ({exc.__class__.__name__}); retry or pass a local directory") from exc
+    walk_files(Path(local))
     resolved_revision = Path(local).name if revision is None else revision
     return ResolvedSource(path=Path(local), spec=text, repo_id=text, revision=resolved_revision)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from tts_awq.checkpoint.confine import confined
 from tts_awq.errors import UserError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -106,13 +107,17 @@ class TensorStore:
         index = self.root / weights_name.replace(".safetensors", ".safetensors.index.json")
         single = self.root / weights_name
         if single.is_file():
-            files = [single.name]
+            files = [confined(self.root, single.name, "weights file").name]
         elif index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise UserError(f"{index}: not a valid safetensors index (needs 'weight_map'); restore it") from exc
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise UserError(f"{index}: 'weight_map' must map tensor names to shard file names; restore it")
             files = sorted(set(weight_map.values()))
+            for rel in files:  # an entry may not leave the checkpoint (absolute, .., or through a link)
+                confined(self.root, rel, f"shard {rel!r} listed in {index.name}")
             self._weight_map = dict(weight_map)
         else:
             raise UserError(f"{single}: no {weights_name} (or sharded index) in the checkpoint; point at a full checkpoint")
@@ -179,6 +184,13 @@ class TensorStore:
     def get_prefix(self, prefix: str) -> dict[str, torch.Tensor]:
         """Every tensor whose name starts with ``prefix``, keyed by the rest of the name."""
         return {name[len(prefix) :]: self.get(name) for name in self.keys() if name.startswith(prefix)}
+
+    def require_finite(self, prefixes: tuple[str, ...]) -> None:
+        """Refuse (one line naming tensor and file) the first floating tensor under ``prefixes`` holding NaN/Inf:
+        the decoder layers of a package (norms, scales, dense-kept Linears) are a few MB, so this is cheap."""
+        for name in self.keys():
+            if name.startswith(prefixes) and self._infos[name].torch_dtype.is_floating_point:
+                self.get_finite(name)
 
     def close(self) -> None:
         """Nothing stays open between reads; kept for API symmetry."""

@@ -6,6 +6,7 @@ output is byte-identical for the same tensors regardless of the order they arriv
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from tts_awq.checkpoint.store import SAFETENSORS_FROM_DTYPE, WEIGHTS_NAME
+from tts_awq.errors import UserError, naming_path
 
 DEFAULT_MAX_SHARD_BYTES = 4 << 30
 
@@ -59,8 +61,10 @@ class ShardedWriter:
         metadata: dict[str, str] | None = None,
         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
         weights_name: str = WEIGHTS_NAME,
+        finite: bool = True,
     ) -> None:
         self.out_dir = Path(out_dir)
+        self.finite = finite  # refuse a floating tensor holding NaN/Inf (no writer may produce one silently)
         self._planned = {
             name: _Planned(name, dtype, tuple(shape), _nbytes(dtype, tuple(shape)))
             for name, (dtype, shape) in sorted(plan.items())
@@ -95,8 +99,9 @@ class ShardedWriter:
             raw += b" " * (-len(raw) % 8)
             shard.data_start = 8 + len(raw)
             handle = open(self.out_dir / name, "wb")  # noqa: SIM115 - closed in close()
-            handle.write(len(raw).to_bytes(8, "little") + raw)
-            handle.truncate(shard.data_start + shard.size)
+            with naming_path(self.out_dir / name):
+                handle.write(len(raw).to_bytes(8, "little") + raw)
+                handle.truncate(shard.data_start + shard.size)
             self._files.append(handle)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
@@ -107,17 +112,29 @@ class ShardedWriter:
             raise ValueError(f"{name} written twice")
         if tensor.dtype != item.dtype or tuple(tensor.shape) != item.shape:
             raise ValueError(f"{name}: planned {item.dtype}{list(item.shape)}, got {tensor.dtype}{list(tensor.shape)}")
+        if self.finite and tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{self.out_dir / self.shard_names[item.shard]}: tensor {name} would hold non-finite "
+                            "values (NaN/Inf) computed from the inputs; nothing was written: check the inputs "
+                            "(e.g. a search state's scales, blend/merge weights)")
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         handle = self._files[item.shard]
-        handle.seek(self._shards[item.shard].data_start + item.offset)
-        handle.write(data)
+        with naming_path(self.out_dir / self.shard_names[item.shard]):
+            handle.seek(self._shards[item.shard].data_start + item.offset)
+            handle.write(data)
         item.written = True
+
+    def abort(self) -> None:
+        """Close the files after a failure (the caller removes them); never raises."""
+        for handle in self._files:
+            with contextlib.suppress(OSError):
+                handle.close()
 
     def close(self) -> list[str]:
         """Finish the files; returns the written file names (shards, then the index if any)."""
         missing = [name for name, item in self._planned.items() if not item.written]
-        for handle in self._files:
-            handle.close()
+        for handle, shard_name in zip(self._files, self.shard_names, strict=True):
+            with naming_path(self.out_dir / shard_name):
+                handle.close()
         if missing:
             raise ValueError(f"{len(missing)} planned tensors never written, e.g. {missing[:3]}")
         names = list(self.shard_names)

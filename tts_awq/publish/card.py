@@ -24,7 +24,9 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from tts_awq.checkpoint.arch import is_repo_id
+from tts_awq.checkpoint.confine import confined
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
+from tts_awq.errors import UserError
 from tts_awq.formatting import fmt_number, human_bytes, md_table
 from tts_awq.publish.package import REPORT_REL, VALIDATION_DIR, Package
 
@@ -88,7 +90,11 @@ class LicenseInfo:
 def _license_of(directory: Any) -> dict[str, Any] | None:
     if not directory:
         return None
-    meta = front_matter(Path(directory) / "README.md")
+    try:  # a README.md linking out of its directory is not read (nothing from outside a root reaches the card)
+        readme = confined(Path(directory), "README.md")
+    except UserError:
+        return None
+    meta = front_matter(readme)
     if not meta or not isinstance(meta.get("license"), str):
         return None
     return {k: meta.get(k) for k in ("license", "license_name", "license_link")}

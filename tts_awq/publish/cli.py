@@ -21,6 +21,9 @@ def add_push(parser: argparse.ArgumentParser) -> None:
                         help="print the file list, total size and the model card; send nothing")
     parser.add_argument("--allow-unvalidated", action="store_true",
                         help="push without a passing validation report; the card then carries a warning")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="upload pickle files (pytorch_model.bin, *.pt, ...) the package holds; refused by default "
+                             "(loading a pickle can run code)")
     parser.add_argument("--endpoint", default=None, help="Hub endpoint URL (default: HF_ENDPOINT or huggingface.co)")
     parser.add_argument("--base-model", default=None, metavar="OWNER/NAME",
                         help="card base_model when the source is a local directory (default: the source's Hub id)")
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     options = PushOptions(
         package=args.out, repo_id=args.repo_id, private=args.private, revision=args.revision,
         create_pr=args.create_pr, dry_run=args.dry_run, allow_unvalidated=args.allow_unvalidated,
+        allow_pickle=args.allow_pickle,
         endpoint=args.endpoint, base_model=args.base_model,
     )
     result = push(options)

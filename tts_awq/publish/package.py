@@ -99,6 +99,7 @@ def load_package(root: Path) -> Package:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: package directory not found; pass the OUT directory of quantize-talker")
+    list_files(root)  # a link out of the package is refused before anything of it is read
     provenance = read_provenance(root)
     if provenance is None:
         raise UserError(f"{root / PROVENANCE_NAME}: not found; push only takes a package written by quantize-talker")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tts_awq.checkpoint.confine import check_upload_tree, confined, is_pickle
 from tts_awq.checkpoint.files import sha256_file
 from tts_awq.errors import UserError
 from tts_awq.formatting import human_bytes
@@ -55,6 +56,7 @@ class PushOptions:
     create_pr: bool = False
     dry_run: bool = False
     allow_unvalidated: bool = False
+    allow_pickle: bool = False  # upload pickle files (pytorch_model.bin, *.pt, ...) that the package holds
     endpoint: str | None = None
     base_model: str | None = None
     token: str | None = None  # default: HF_TOKEN, then huggingface_hub's stored login
@@ -116,6 +118,10 @@ def plan_push(options: PushOptions) -> PushPlan:
     if options.base_model is not None and not is_repo_id(options.base_model):
         raise UserError(f"--base-model {options.base_model!r}: expected a Hub model id OWNER/NAME")
     package = load_package(Path(options.package))
+    pickles = [rel for rel in package.files if is_pickle(package.root / rel)]
+    if pickles and not options.allow_pickle:
+        raise UserError(f"{package.root / pickles[0]}: a pickle file (loading it can run code) in the package; nothing "
+                        "was sent: remove it, or pass --allow-pickle to upload it anyway")
     if not package.validated and not options.allow_unvalidated:
         raise UserError(f"{package.root}: {package.validation_problem}; run `validate-awq {package.root} --reference SRC` "
                         "first, or pass --allow-unvalidated to push with a warning on the card")
@@ -127,19 +133,27 @@ def plan_push(options: PushOptions) -> PushPlan:
     return PushPlan(package=package, card=card, files=files)
 
 
-def stage_upload(plan: PushPlan, folder: Path) -> None:
-    """Fill ``folder`` with links to the package's files plus the card; the package itself is never written."""
+def stage_upload(plan: PushPlan, folder: Path, allow_pickle: bool = False) -> list[tuple[str, int]]:
+    """Fill ``folder`` with the package's files (hard links where the filesystem allows, else copies: never
+    symbolic links) plus the card, then re-check what is staged (:func:`check_upload_tree`: regular files only,
+    nothing outside, no pickle unless ``allow_pickle``, exactly the planned files). Returns what will be sent.
+    The package itself is never written."""
     for rel, _ in plan.files:
         target = folder / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if rel == CARD_NAME:
             target.write_text(plan.card_text, encoding="utf-8")
             continue
-        source = (plan.package.root / rel).resolve()
+        source = confined(plan.package.root, rel, "package file")
         try:
-            os.symlink(source, target)
+            os.link(os.path.realpath(source), target)
         except OSError:
             shutil.copyfile(source, target)
+    staged = check_upload_tree(folder, allow_pickle)
+    if [rel for rel, _ in staged] != [rel for rel, _ in plan.files]:
+        extra = sorted({rel for rel, _ in staged} ^ {rel for rel, _ in plan.files})
+        raise UserError(f"{folder}: the staged upload differs from the plan ({', '.join(extra[:3])}); nothing was sent")
+    return staged
 
 
 # --------------------------------------------------------------------------------------------------- remote state
@@ -342,7 +356,10 @@ def push(options: PushOptions, sleep: Callable[[float], None] = time.sleep) -> P
 
     api = HfApi(endpoint=options.endpoint, token=token)
     with tempfile.TemporaryDirectory(prefix="tts-awq-push-") as tmp, _default_endpoint(options.endpoint):
-        stage_upload(plan, Path(tmp))
+        staged = stage_upload(plan, Path(tmp), options.allow_pickle)
+        log.info("sending %d files (%s bytes) to %s:", len(staged), f"{sum(n for _, n in staged):,}", options.repo_id)
+        for rel, size in staged:
+            log.info("  %14s  %s", f"{size:,}", rel)
         with_retries(lambda: _push_once(api, plan, options, Path(tmp), result), options, sleep)
     return result
 

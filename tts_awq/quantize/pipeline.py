@@ -142,8 +142,8 @@ def quantize_talker(options: QuantizeOptions) -> Path:
         layout = detect_layout(source.path)
         base = (resolve_source(options.codec_from, what="--codec-from", allow_patterns=CODEC_AND_PROCESSOR_FILES)
                 if options.codec_from else None)
-        if layout.kind == TTS_KIND and not layout.has_codec and base is None:
-            layout.require_codec()
+        if layout.kind == TTS_KIND and (layout.has_codec or base is None):
+            layout.require_codec()  # present and loadable (safetensors), or --codec-from given
         store = TensorStore(source.path)
         missing = [f"{n}.weight" for i in range(layout.decoder.num_layers) for n in layout.decoder.linear_names(i)
                    if f"{n}.weight" not in store]
@@ -162,14 +162,14 @@ def quantize_talker(options: QuantizeOptions) -> Path:
         key = run_key({**asdict(options), "keep_bf16_names": list(explicit_keep)}, source_hashes, options.calib)
     with atomic_output_dir(options.out, options.overwrite, sources=sources, stage="quantize-talker",
                            partial_key=key, resume=options.resume) as tmp:
-        state = ResumeState(tmp)
-        done = state.finished_layers()
+        state = ResumeState(tmp, key)
+        done = state.verify()  # every record checked before this run adds anything
         saved_calibration = state.load_calibration() if done else None
         if done and saved_calibration is None:
             done = 0
         if done:
             log.info("resuming %s after layer %d of %d", tmp, done - 1, layout.decoder.num_layers)
-        package = PackageWriter(tmp, store, layout, awq, options.max_shard_bytes)
+        package = PackageWriter(tmp, store, layout, awq, options.max_shard_bytes, source_hashes[0])
         codec_files: list[str] = []
         if base is not None and not layout.has_codec:
             from tts_awq.checkpoint.codec import copy_codec_into

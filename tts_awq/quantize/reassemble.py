@@ -15,7 +15,7 @@ from tts_awq.checkpoint.store import INDEX_NAME, WEIGHTS_NAME, TensorStore
 from tts_awq.checkpoint.writer import ShardedWriter
 from tts_awq.provenance import PROVENANCE_NAME
 from tts_awq.quantize.engine import AwqOptions, LayerResult, packed_names
-from tts_awq.quantize.search_state import SEARCH_STATE_NAME, state_metadata, write_search_state
+from tts_awq.quantize.search_state import SEARCH_STATE_NAME, source_sha256, state_metadata, write_search_state
 
 WEIGHT_FILES = (WEIGHTS_NAME, INDEX_NAME, SEARCH_STATE_NAME)
 
@@ -83,8 +83,9 @@ class PackageWriter:
     ``search_state.safetensors`` (every layer's searched scales and clip maxima) at the end."""
 
     def __init__(self, out: Path, store: TensorStore, layout: Layout, options: AwqOptions,
-                 max_shard_bytes: int) -> None:
+                 max_shard_bytes: int, source_files_sha256: dict[str, str]) -> None:
         self.out = out
+        self.sources = source_sha256(source_files_sha256, store.files)  # sealed into the search state
         self.store = store
         self.layout = layout
         self.options = options
@@ -120,7 +121,7 @@ class PackageWriter:
         files = self.writer.close()
         edit_config(self.out / "config.json", self.layout, self.options, self.keep_bf16)
         spec = self.layout.decoder
-        metadata = state_metadata(self.options, spec.layer_prefix, spec.num_layers, self.keep_bf16)
+        metadata = state_metadata(self.options, spec.layer_prefix, spec.num_layers, self.keep_bf16, self.sources)
         self.search_state_info = write_search_state(self.out, spec.layer_prefix, self.search_state, metadata)
         return files
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from tts_awq.checkpoint import TensorStore, atomic_output_dir, detect_layout, resolve_source
-from tts_awq.checkpoint.files import sha256_file
+from tts_awq.checkpoint.files import hash_tree, list_files, sha256_file
 from tts_awq.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
 from tts_awq.errors import UserError
 from tts_awq.quantize.apply import apply_clips, apply_scales
@@ -33,16 +33,33 @@ def options_of(state: SearchState) -> AwqOptions:
                       n_grid=int(meta["n_grid"]), clip_tokens=int(meta["clip_tokens"]))
 
 
-def requantize(source_dir: str | Path, state_file: str | Path, device: torch.device | str = "cpu"
-               ) -> Iterator[LayerResult]:
+def check_state_source(state: SearchState, where: Path, root: Path, files_sha256: dict[str, str]) -> None:
+    """The state must have been searched on these very source files (weights and config.json, by sha256)."""
+    recorded = state.source_sha256
+    if not recorded:
+        raise UserError(f"{where}: records no source hashes; re-run quantize-talker to make a complete search state")
+    for rel, sha in sorted(recorded.items()):
+        if files_sha256.get(rel) != sha:
+            found = "missing" if rel not in files_sha256 else "a different file"
+            raise UserError(f"{where}: made from another checkpoint ({rel} is {found} in {root}); pass the SRC the "
+                            "package was quantized from")
+
+
+def requantize(source_dir: str | Path, state_file: str | Path, device: torch.device | str = "cpu",
+               source_files_sha256: dict[str, str] | None = None) -> Iterator[LayerResult]:
     """Yield each decoder layer's package tensors (names relative to the layer, as quantize-talker writes them:
     AWQ GEMM triples, the kept-dense Linears' ``.weight`` and the smoothed norms in their source dtype) rebuilt
-    from ``source_dir``'s weights and ``state_file``."""
+    from ``source_dir``'s weights and ``state_file`` (refused when made from other source files;
+    ``source_files_sha256``: the source's file hashes when the caller already has them)."""
     state = read_search_state(Path(state_file))
     root = resolve_source(str(source_dir)).path
     spec = detect_layout(root).decoder
     store = TensorStore(root)
     where = Path(state_file)
+    if source_files_sha256 is None:
+        present = set(list_files(root))  # names from the state file are only looked up, never opened blindly
+        source_files_sha256 = hash_tree(root, [rel for rel in state.source_sha256 if rel in present])
+    check_state_source(state, where, root, source_files_sha256)
     if state.metadata["layer_prefix"] != spec.layer_prefix or int(state.metadata["num_layers"]) != spec.num_layers:
         raise UserError(f"{where}: made for {state.metadata['num_layers']} layers under "
                         f"{state.metadata['layer_prefix']!r}, but {root} has {spec.num_layers} under "
@@ -89,12 +106,14 @@ def requantize_package(src: str, state_file: str | Path, out: Path, overwrite: b
     layout = detect_layout(source.path)
     base = (resolve_source(codec_from, what="--codec-from", allow_patterns=CODEC_AND_PROCESSOR_FILES)
             if codec_from else None)
-    if base is None:
+    if base is None or layout.has_codec:
         layout.require_codec()
     store = TensorStore(source.path)
+    source_hashes = input_hashes(source.path)
+    check_state_source(state, state_path, source.path, source_hashes)  # before anything is written
     sources = (source.path,) + ((base.path,) if base else ())
     with atomic_output_dir(out, overwrite, sources=sources, stage="quantize-talker") as tmp:
-        package = PackageWriter(tmp, store, layout, options, max_shard_bytes)
+        package = PackageWriter(tmp, store, layout, options, max_shard_bytes, source_hashes)
         codec_files: list[str] = []
         if base is not None and not layout.has_codec:
             from tts_awq.checkpoint.codec import copy_codec_into
@@ -104,14 +123,14 @@ def requantize_package(src: str, state_file: str | Path, out: Path, overwrite: b
         with prov.timed("write_kept_tensors"):
             package.write_kept_tensors()
         with prov.timed("requantize_layers"):
-            for result in requantize(source.path, state_path, device):
+            for result in requantize(source.path, state_path, device, source_hashes):
                 package.write_layer(result)
         with prov.timed("finish"):
             weight_files = package.finish()
         prov.parameters = {"awq": options.to_dict(), "group_size": options.group_size, "w_bit": options.bits,
                            "method": options.method, "zero_point": True, "version": "gemm",
                            "max_shard_bytes": max_shard_bytes}
-        prov.add_input("source", source, source.path, input_hashes(source.path))
+        prov.add_input("source", source, source.path, source_hashes)
         if base is not None:
             prov.add_input("codec_from", base, base.path)
         prov.extra = {

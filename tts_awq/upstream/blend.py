@@ -37,7 +37,7 @@ from tts_awq.checkpoint import (
 )
 from tts_awq.checkpoint.arch import head_dim, is_repo_id
 from tts_awq.checkpoint.atomic import check_output_dir
-from tts_awq.checkpoint.layout import TTS_KIND
+from tts_awq.checkpoint.layout import TTS_KIND, detect_layout
 from tts_awq.checkpoint.source import offline
 from tts_awq.checkpoint.store import INDEX_NAME, WEIGHTS_NAME
 from tts_awq.errors import UserError
@@ -203,6 +203,9 @@ def blend_ffn(
     tts_config = read_json(tts_path / "config.json", "TTS config.json")
     llm_config = read_json(llm_path / "config.json", "LLM config.json")
     talker = _check_architecture(tts_config, llm_config, str(tts_path), str(llm_path))
+    tts_layout = detect_layout(tts_path)
+    if tts_layout.has_codec:
+        tts_layout.require_codec()  # a pickled codec would be left out of the copy: refuse it up front
 
     tts_store, llm_store = TensorStore(tts_path), TensorStore(llm_path)
     pairs = ffn_pairs(int(talker["num_hidden_layers"]))

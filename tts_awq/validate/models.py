@@ -25,6 +25,7 @@ from tts_awq.checkpoint.arch import (
     field_mismatches,
     is_awq_package,
 )
+from tts_awq.checkpoint.files import list_files
 from tts_awq.checkpoint.layout import TTS_KIND
 from tts_awq.errors import UserError
 from tts_awq.qwen_tts import default_dtype, load_tts_model, qwen_tts_classes
@@ -53,6 +54,7 @@ def resolve_package(out: str | os.PathLike[str]) -> Side:
     path = Path(out).expanduser()
     if not path.is_dir():
         raise UserError(f"{path}: package directory not found; pass the OUT directory written by quantize-talker")
+    list_files(path)  # nothing of the package may resolve outside it (refused before anything is read)
     layout = detect_layout(path)
     if layout.kind != TTS_KIND:
         raise UserError(f"{path}: not a Qwen3-TTS package (model_type {layout.config.get('model_type')!r})")

@@ -21,7 +21,7 @@ import numpy as np
 from tts_awq import __version__
 from tts_awq.checkpoint.atomic import atomic_output_dir
 from tts_awq.checkpoint.files import hash_tree, list_files, sha256_file, write_json
-from tts_awq.errors import UserError
+from tts_awq.errors import UserError, naming_path
 from tts_awq.formatting import fmt_number, human_bytes, md_table
 from tts_awq.provenance import PROVENANCE_NAME, git_commit, library_versions
 from tts_awq.qwen_tts import default_dtype
@@ -101,8 +101,13 @@ def record_in_provenance(package_root: Path, entry: dict[str, Any]) -> None:
         data = json.loads(path.read_text(encoding="utf-8"))
     data["validation"] = entry
     tmp = path.with_name(f".{PROVENANCE_NAME}.tmp")
-    write_json(tmp, data)
-    tmp.replace(path)
+    try:
+        with naming_path(tmp):
+            write_json(tmp, data)
+            tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves provenance.json as it was and no temp file
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- assemble + write
@@ -170,7 +175,7 @@ def write(run: Run, data: dict[str, Any], records: list[JobRecord], kl: np.ndarr
     root = run.package.root
     data["prompts"] = [{k: v for k, v in r.data.items() if k not in ("timing_s", "batch_size")}
                        for r in sorted(records, key=lambda r: r.number)]
-    with atomic_output_dir(root / VALIDATION_DIR, overwrite=True) as tmp:
+    with atomic_output_dir(root / VALIDATION_DIR, overwrite=True) as tmp, naming_path(root / VALIDATION_DIR):
         t = time.perf_counter()
         _write_plots(tmp, data, records, kl)
         (tmp / KEEP_BF16).write_text("".join(f"{n}\n" for n in keep_bf16_lines(data["metrics"]["layers"])),

@@ -7,6 +7,7 @@ records), :mod:`.jobcache` / :mod:`.workers` (resume and scale-out), :mod:`.summ
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -27,7 +28,7 @@ from tts_awq.prompts import Prompt, VoiceClip, load_prompts, load_voice_clips, r
 from tts_awq.provenance import PROVENANCE_NAME, read_provenance, verify_outputs
 from tts_awq.qwen_tts import default_dtype, resolve_device
 from tts_awq.validate import asr as asr_mod
-from tts_awq.validate import audio, jobcache, layers, plan, report, summarize, teacher
+from tts_awq.validate import audio, jobcache, layers, plan, reach, report, summarize, teacher
 from tts_awq.validate import gates as gates_mod
 from tts_awq.validate import package as package_mod
 from tts_awq.validate.collect import Context, JobRecord, collect_batch
@@ -112,6 +113,8 @@ def prepare(out: str | Path, reference: str | Path, eval: str | Path | None, set
     specs = _gate_specs(gates, plan.PROFILES[settings.profile])
     pkg = resolve_package(out)
     _check_package_integrity(pkg.root)
+    spec = pkg.layout.decoder
+    pkg.store().require_finite((spec.layer_prefix, spec.final_norm))  # before anything is generated
     ref = resolve_reference(reference)
     check_same_architecture(pkg, ref)
     report.check_provenance_writable(pkg.root)
@@ -120,6 +123,11 @@ def prepare(out: str | Path, reference: str | Path, eval: str | Path | None, set
         raise UserError(f"gate {enabled_asr[0]} needs --asr-model DIR (a local ASR model); pass one or switch it off")
     all_prompts, eval_sha = load_prompts(eval, split="eval")
     prompts = select_prompts(all_prompts, settings.n_prompts)
+    if len(prompts) < settings.n_prompts:  # the report records what ran, never what was asked for
+        log.warning("--n-prompts %d: the eval file holds %d prompts; running (and recording) all %d",
+                    settings.n_prompts, len(prompts), len(prompts))
+        settings = dataclasses.replace(settings, n_prompts=len(prompts))
+    reach.check_reachable(specs, settings, prompts, all_prompts)
     voices = load_voice_clips()
     eval_info = {
         "source": str(eval) if eval is not None else "builtin:calib_data/eval.jsonl", "sha256": eval_sha,
@@ -240,7 +248,7 @@ def validate_package(out: str | Path, reference: str | Path, eval: str | Path | 
     records, ctx = collect(run, world, device)
     if records is None:
         return None
-    metrics = summarize.summarize(records, settings, run.gates["runaway_excess_upper95"].threshold or 0.0,
+    metrics = summarize.summarize(records, run.settings, run.gates["runaway_excess_upper95"].threshold or 0.0,
                                   ctx.judge.resemblyzer_note, ctx.asr_name)
     package_load, reference_load = dict(run.package.load), dict(run.reference.load)
     _free(run.package, run.reference)
@@ -251,6 +259,8 @@ def validate_package(out: str | Path, reference: str | Path, eval: str | Path | 
                               dict(run.package.layout.config["quantization_config"]), package_load)
     facts["reference_load"] = reference_load
     run.lap("package_facts", t)
-    data = report.assemble(run, metrics, facts, gates_mod.evaluate_gates(run.gates, metrics))
+    results = gates_mod.evaluate_gates(run.gates, metrics)
+    reach.explain_failures(results, metrics)
+    data = report.assemble(run, metrics, facts, results)
     kl = np.concatenate([r.arrays["kl"] for r in records]) if records else np.zeros(0)
     return report.write(run, data, records, kl, started)

@@ -93,14 +93,14 @@ def run_batches(cache: Path, keyed: list[tuple[str, list[Job], int]], world: Wor
         waiting = []
         for index in pending:
             key, batch, first = keyed[index]
-            if jobcache.record_path(cache, key).is_file():
+            if jobcache.load_records(cache, key) is not None:  # a torn or altered record is recomputed
                 progress(len(batch))
                 continue
             with jobcache.claim(cache, key) as mine:
                 if not mine:
                     waiting.append(index)
                     continue
-                if not jobcache.record_path(cache, key).is_file():  # finished while we asked
+                if jobcache.load_records(cache, key, quiet=True) is None:  # not finished while we asked
                     jobcache.save_records(cache, key, compute(batch, first))
                     computed += len(batch)
             progress(len(batch))
