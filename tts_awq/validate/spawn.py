@@ -55,12 +55,17 @@ class Helpers:
 
     @classmethod
     def start(cls, args: argparse.Namespace, workers: int) -> Helpers:
+        return cls.launch(["-m", "tts_awq.validate", *helper_argv(args)], workers)
+
+    @classmethod
+    def launch(cls, argv: list[str], workers: int) -> Helpers:
+        """Start ``python ARGV`` as helpers 1..workers-1 (``HELPER_ENV`` tells each its rank)."""
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         helpers = cls()
         for rank in range(1, workers):
             stderr = tempfile.TemporaryFile(prefix=f"tts-awq-helper-{rank}-")
             env = {**os.environ, HELPER_ENV: f"{rank}/{workers}"}
-            helpers.procs.append(subprocess.Popen([sys.executable, "-m", "tts_awq.validate", *helper_argv(args)],
+            helpers.procs.append(subprocess.Popen([sys.executable, *argv],
                                                   env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                   stderr=stderr))
             helpers.logs.append(stderr)
