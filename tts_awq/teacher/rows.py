@@ -210,7 +210,8 @@ def _row(index: int, entry: dict[str, Any], voices: _VoiceReader, base_seed: int
     elif default_voice is not None:
         voice, from_default = voices.path(default_voice, at), True
     else:
-        raise UserError(f"{at} has no voice; add a 'ref_audio' path or an 'audio' column (or pass --ref-audio)")
+        raise UserError(f"{at} has no voice; add a 'ref_audio' path or an 'audio' column"
+                        + (" (or pass --ref-audio)" if allow_codes is False else ""))
     ref_text = entry.get("ref_text")
     ref_text = str(ref_text).strip() if ref_text not in (None, "") else (default_ref_text if from_default else "")
     raw_id = entry.get("id")

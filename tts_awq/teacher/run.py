@@ -151,10 +151,10 @@ class _ShardWorker:
         budgets = [frame_budget(r.text, self.opts.max_new_tokens) for r in rows]
         kept = generate_guarded(self.tts, _requests(rows), budgets, self.opts.retries, capture=True,
                                 prompt_cache=self.cache, slots=self.opts.batch_size)
-        for g in kept:
+        for row, g in zip(rows, kept, strict=True):
             if not g.stopped:
                 log.warning("teacher: row %r ran past its %d-frame budget on all %d tries (seeds %d..%d); kept "
-                            "with stopped=false", rows[kept.index(g)].id, g.budget, g.tries, g.seed - g.tries + 1,
+                            "with stopped=false", row.id, g.budget, g.tries, g.seed - g.tries + 1,
                             g.seed)
         targets = batch_targets(self.tts, [g.result for g in kept], self.vocab, self.opts.k, self.opts.cp_k,
                                 self.opts.hidden)
