@@ -35,10 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def teacher(tiny_root: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ref = shutil.copytree(tiny_root["tiny-darwin"], tmp_path_factory.mktemp("teacher") / "tiny-darwin-stops")
-    edit_weights(ref, scale_eos_row(3.0))
-    return ref
+def teacher(tiny_stops: Path) -> Path:
+    return tiny_stops
 
 
 def write_rows(path: Path, n: int, **extra: Any) -> Path:

@@ -55,8 +55,8 @@ the engine, the runaway budget rule and the tool version; each shard's sha256 is
     _atomic_text(out / "README.md", "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body)
 
 
-def write_provenance(out: Path, data: dict[str, Any]) -> dict[str, Any]:
-    record = {"tool": {"name": "tts-awq", "version": __version__, "git_commit": git_commit()}, "stage": STAGE,
+def write_provenance(out: Path, data: dict[str, Any], stage: str = STAGE) -> dict[str, Any]:
+    record = {"tool": {"name": "tts-awq", "version": __version__, "git_commit": git_commit()}, "stage": stage,
               "created_unix": int(time.time()), **data, "libraries": library_versions()}
     _atomic_text(out / "provenance.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return record
