@@ -137,6 +137,7 @@ class _ShardWorker:
         if self.tts is None:
             self.tts = load_side(self.side, self.device).tts
             self.vocab = Vocab.of(self.tts)
+            self.meter.start = time.perf_counter()  # frames/s of the work, not of the load
         done: dict[int, columns.Output] = {}
         sampled = [r for r in rows if r.codes is None]
         given = [r for r in rows if r.codes is not None]
@@ -240,8 +241,8 @@ def write_teacher(opts: TeacherOptions) -> Path | None:
             bar.set_postfix(frames_per_s=f"{meter.rate():.1f}", refresh=False)
 
         computed = run_claimed(state, [s.key for s in plan], world, done, work, progress)
-    log.info("teacher: worker %d computed %d rows (%d frames, %.1f frames/s)", world.rank, computed, meter.frames,
-             meter.rate())
+    log.info("teacher: worker %d computed %d rows (%d frames, %.1f frames/s over %.2f s)", world.rank, computed,
+             meter.frames, meter.rate(), time.perf_counter() - meter.start if computed else 0.0)
     world.barrier()
     if not world.main:
         return None
