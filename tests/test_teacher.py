@@ -416,3 +416,27 @@ def test_csv_and_parquet_inputs_match_jsonl(teacher: Path, dataset: Path, tmp_pa
         assert run_teacher(teacher, tmp_path / name, out, "--hidden") == 0
         got = load(out, tmp_path / f"cache-{name}")
         assert got["codes"] == expected["codes"] and got["c0_topk_ids"] == expected["c0_topk_ids"]
+
+
+def test_a_datasets_folder_with_an_audio_column(teacher: Path, dataset: Path, tmp_path: Path) -> None:
+    """DATA read with ``datasets`` (a folder here; a Hub id takes the same path): the voice comes from an ``audio``
+    column ({array, sampling_rate}) and gives the same targets as the same clip given by path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile as sf
+
+    rows = [json.loads(line) for line in (dataset.parent / "rows.jsonl").read_text().splitlines()][:2]
+    table = []
+    for row in rows:
+        samples, rate = sf.read(row.pop("ref_audio"), dtype="float32")
+        table.append({**row, "ref_text": row.get("ref_text", ""),
+                      "audio": {"array": samples.tolist(), "sampling_rate": rate}})
+    folder = tmp_path / "hub-like"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(table), folder / "data" / "train-00000-of-00001.parquet")
+    assert run_teacher(teacher, folder, tmp_path / "out", "--hidden") == 0
+    got = load(tmp_path / "out", tmp_path / "c")
+    expected = load(dataset, tmp_path / "e").select(range(2))
+    assert got["voice"] == expected["voice"] and got["c0_topk_ids"] == expected["c0_topk_ids"]
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["data"]["source"] == str(folder) and prov["data"]["split"] == "train" and len(prov["data"]["sha256"]) == 64

@@ -26,11 +26,11 @@ from tts_awq.teacher.columns import FRAME_RATE_HZ
 from tts_awq.teacher.rows import Row, Table, read_table
 from tts_awq.teacher.status import teacher_record
 from tts_awq.validate.models import load_side, resolve_reference
+from tts_awq.validate.plan import REFILL_GROUPS  # slots refilled from this many batches
 
 log = logging.getLogger(__name__)
 
 STAGE = "speak"
-REFILL_GROUPS = 2
 
 
 @dataclass(frozen=True)

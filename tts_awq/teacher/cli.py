@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from tts_awq.cli_types import int_at_least
 from tts_awq.constants import DEFAULT_SEED
-from tts_awq.errors import UserError
-from tts_awq.validate.spawn import Helpers, helper_rank
+from tts_awq.validate.spawn import helpers_for
 
 
 def add_teacher(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +53,7 @@ def helper_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("--workers starts its own processes; under torchrun / accelerate launch leave it out")
-    helpers = Helpers.launch(helper_argv(args), args.workers) if args.workers > 1 and helper_rank() is None else None
-    try:
+    with helpers_for(helper_argv(args), args.workers):
         from tts_awq.teacher.run import TeacherOptions, write_teacher
 
         out = write_teacher(TeacherOptions(
@@ -66,12 +61,6 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed, retries=args.retries, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
             rows_per_shard=args.rows_per_shard, device=args.device, allow_unvalidated=args.allow_unvalidated,
             split=args.split, revision=args.revision, workers=args.workers))
-    except BaseException:
-        if helpers is not None:
-            helpers.stop()
-        raise
-    if helpers is not None:
-        helpers.finish()
     if out is not None:
         print(out, file=sys.stdout)
     return 0

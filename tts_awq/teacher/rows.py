@@ -1,4 +1,5 @@
-"""Input tables of ``teacher`` and ``speak``: JSONL / JSON / CSV / parquet / plain text files or a Hub dataset id.
+"""Input tables of ``teacher`` and ``speak``: JSONL / JSON / CSV / parquet / plain text files, a Hub dataset id or a
+local dataset folder (both read with ``datasets``).
 
 A row has ``text``, optionally ``id``, ``lang`` (or ``language``), ``seed``, a voice (``ref_audio`` / ``voice``: a
 path relative to the table's folder, or an ``audio`` column holding ``{"array", "sampling_rate"}`` or
@@ -58,7 +59,10 @@ def read_table(source: str, base_seed: int, default_voice: str | None = None, de
                split: str = "train", revision: str | None = None, allow_codes: bool = True) -> Table:
     """Rows of a local table or a Hub dataset, voices loaded; ``default_voice`` fills rows without one."""
     path = Path(source).expanduser()
-    if path.exists() or path.suffix.lower() in LOCAL_SUFFIXES or source.startswith((".", "/", "~")):
+    if path.is_dir():  # a local dataset folder (parquet / JSON / CSV files, or a saved card): datasets reads it
+        raw, digest, info = _read_hub(str(path), split, revision)
+        base = path
+    elif path.exists() or path.suffix.lower() in LOCAL_SUFFIXES or source.startswith((".", "/", "~")):
         raw, digest = _read_local(path)
         info: dict[str, Any] = {"source": str(path), "sha256": digest}
         base = path.parent

@@ -30,14 +30,13 @@ from tts_awq.teacher.status import teacher_record
 from tts_awq.teacher.targets import batch_targets
 from tts_awq.validate import jobcache
 from tts_awq.validate.models import Side, load_side, resolve_reference
+from tts_awq.validate.plan import REFILL_GROUPS  # slots refilled from this many batches
 from tts_awq.validate.teacher import Vocab
 from tts_awq.validate.workers import World, run_claimed
 
 log = logging.getLogger(__name__)
 
 ENGINE = "fast"
-#: Rows generated per call: the fast engine refills its ``batch_size`` slots from this many (as validate-awq does).
-REFILL_GROUPS = 2
 
 
 @dataclass(frozen=True)
