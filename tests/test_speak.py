@@ -135,7 +135,9 @@ def test_frame_budget_rule() -> None:
 def test_errors_are_one_line_and_leave_no_output(tiny_stops: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert speak(tiny_stops, tmp_path / "out", "--text", "Hi.") == 2
-    assert "has no voice" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has no voice" in err and "(or pass --ref-audio)" in err
+    assert not (tmp_path / "out").exists()
     script = tmp_path / "s.csv"
     script.write_text("words\nhello\n")
     assert speak(tiny_stops, tmp_path / "out", "--script", str(script), "--ref-audio", str(VOICES / "en_male.wav")) == 2

@@ -196,12 +196,14 @@ def test_a_torn_shard_is_recomputed_with_one_log_line(teacher: Path, dataset: Pa
     before = shard_bytes(out)
     torn = out / "data" / "train-00001-of-00003.parquet"
     torn.write_bytes(torn.read_bytes()[:100])
+    leftover = out / "data" / ".train-00001-of-00003.parquet.tmp-99999"  # a writer SIGKILLed mid-write
+    leftover.write_bytes(b"PAR1")
     caplog.set_level("INFO", logger="tts_awq")
     assert run_teacher(teacher, dataset.parent / "rows.jsonl", out, "--rows-per-shard", "2", "--hidden") == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "train-00001-of-00003.parquet" in warnings[0] and "recomputing" in warnings[0]
     assert "computed 2 rows" in caplog.text
-    assert shard_bytes(out) == before
+    assert shard_bytes(out) == before and not leftover.exists()
 
 
 def _env() -> dict[str, str]:

@@ -69,7 +69,8 @@ def _script(opts: SpeakOptions, work: Path) -> Table:
         source = str(work / "line.jsonl")
         Path(source).write_text(json.dumps({"text": opts.text}, ensure_ascii=False) + "\n", encoding="utf-8")
     voice = str(Path(opts.ref_audio).expanduser().absolute()) if opts.ref_audio else None
-    table = read_table(source, opts.seed, default_voice=voice, default_ref_text=opts.ref_text, allow_codes=False)
+    table = read_table(source, opts.seed, default_voice=voice, default_ref_text=opts.ref_text, allow_codes=False,
+                       voice_hint="--ref-audio")
     if opts.text is not None:
         table.source.update(source="--text", text=opts.text)
         Path(source).unlink()

@@ -56,8 +56,10 @@ class Table:
 
 
 def read_table(source: str, base_seed: int, default_voice: str | None = None, default_ref_text: str = "",
-               split: str = "train", revision: str | None = None, allow_codes: bool = True) -> Table:
-    """Rows of a local table or a Hub dataset, voices loaded; ``default_voice`` fills rows without one."""
+               split: str = "train", revision: str | None = None, allow_codes: bool = True,
+               voice_hint: str = "") -> Table:
+    """Rows of a local table or a Hub dataset, voices loaded; ``default_voice`` fills rows without one
+    (``voice_hint`` names the flag that gives it, for the error of a row without a voice)."""
     path = Path(source).expanduser()
     if path.is_dir():  # a local dataset folder (parquet / JSON / CSV files, or a saved card): datasets reads it
         raw, digest, info = _read_hub(str(path), split, revision)
@@ -70,8 +72,8 @@ def read_table(source: str, base_seed: int, default_voice: str | None = None, de
         raw, digest, info = _read_hub(source, split, revision)
         base = Path.cwd()
     voices = _VoiceReader(base)
-    rows = [_row(index, entry, voices, base_seed, default_voice, default_ref_text, allow_codes, where=info["source"])
-            for index, entry in enumerate(raw)]
+    rows = [_row(index, entry, voices, base_seed, default_voice, default_ref_text, allow_codes,
+                 where=info["source"], voice_hint=voice_hint) for index, entry in enumerate(raw)]
     rows = [r for r in rows if r is not None]
     if not rows:
         raise UserError(f"{info['source']}: no rows with a non-empty 'text'; add rows like {{\"text\": \"...\"}}")
@@ -196,7 +198,7 @@ def _decode_audio(data: bytes, where: str) -> tuple[np.ndarray, int]:
 
 
 def _row(index: int, entry: dict[str, Any], voices: _VoiceReader, base_seed: int, default_voice: str | None,
-         default_ref_text: str, allow_codes: bool, where: str) -> Row | None:
+         default_ref_text: str, allow_codes: bool, where: str, voice_hint: str = "") -> Row | None:
     text = entry.get("text")
     if not isinstance(text, str) or not text.strip():
         return None
@@ -215,7 +217,7 @@ def _row(index: int, entry: dict[str, Any], voices: _VoiceReader, base_seed: int
         voice, from_default = voices.path(default_voice, at), True
     else:
         raise UserError(f"{at} has no voice; add a 'ref_audio' path or an 'audio' column"
-                        + (" (or pass --ref-audio)" if allow_codes is False else ""))
+                        + (f" (or pass {voice_hint})" if voice_hint else ""))
     ref_text = entry.get("ref_text")
     ref_text = str(ref_text).strip() if ref_text not in (None, "") else (default_ref_text if from_default else "")
     raw_id = entry.get("id")

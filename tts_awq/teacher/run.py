@@ -255,6 +255,7 @@ def _finish(out: Path, opts: TeacherOptions, plan: list[shards.Shard], table: Ta
         log.info("teacher: removing %s (not part of this run's shards)", stale)
         stale.unlink()
     jobcache.clear_claims(out / shards.STATE_DIR)
+    shards.remove_temp_files(out)
     runaways = [rid for r in records for rid in r["runaways"]]
     resampled = {rid: n for r in records for rid, n in r["resampled"].items()}
     data = {

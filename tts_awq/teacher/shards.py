@@ -28,6 +28,7 @@ DATA_DIR = "data"
 STATE_DIR = ".teacher"
 COMPRESSION = "zstd"
 _META_KEY = b"tts_awq_teacher"
+TMP_MARK = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -97,15 +98,25 @@ def write_shard(out: Path, shard: Shard, table: pa.Table, summary: dict[str, Any
     side.parent.mkdir(parents=True, exist_ok=True)
     side.unlink(missing_ok=True)  # a stale sidecar must never vouch for the new file
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: shard.identity.encode()})
-    tmp = data.with_name(f".{data.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression=COMPRESSION)
-    os.replace(tmp, data)
-    record = {"file": shard.rel, "sha256": _sha256(data), "bytes": data.stat().st_size, "identity": shard.identity,
-              "rows": [shard.start, shard.stop], **summary}
-    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, side)
+    record = {"file": shard.rel, "identity": shard.identity, "rows": [shard.start, shard.stop], **summary}
+    tmp = data.with_name(f".{data.name}{TMP_MARK}{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression=COMPRESSION)
+        os.replace(tmp, data)
+        record.update(sha256=_sha256(data), bytes=data.stat().st_size)
+        tmp = side.with_name(f".{side.name}{TMP_MARK}{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, side)
+    finally:
+        tmp.unlink(missing_ok=True)
     return record
+
+
+def remove_temp_files(out: Path) -> None:
+    """Temp files of writers that were killed mid-write (SIGKILL: no ``finally`` ran)."""
+    for folder in (out / DATA_DIR, out / STATE_DIR):
+        for path in folder.glob(f".*{TMP_MARK}*"):
+            path.unlink(missing_ok=True)
 
 
 def read_sidecar(out: Path, shard: Shard) -> dict[str, Any]:
