@@ -35,3 +35,16 @@ def one_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_stops(tiny_root: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Darwin blend with its codec head's EOS row boosted (x3) so that it stops by itself within a few
+    dozen frames, like a real talker (teacher and speak tests). Read-only."""
+    import shutil
+
+    from tts_awq.testing.damage import edit_weights, scale_eos_row
+
+    ref = shutil.copytree(tiny_root["tiny-darwin"], tmp_path_factory.mktemp("stops") / "tiny-darwin-stops")
+    edit_weights(ref, scale_eos_row(3.0))
+    return ref

@@ -80,6 +80,12 @@ SIZING: dict[str, list[str]] = {
     # release-rate part on 4 jobs
     "scripts/bench_validate.py": ["--n-prompts", "2", "--max-new-tokens", "24", "--skip-processes",
                                   "--target-jobs", "4", "--out", "{work}/bench_validate-{line}.md"],
+    # the tiny cases on 2 rows of at most 8 frames (the 1.7B case builds a 3.9 GB checkpoint: not here)
+    "scripts/bench_teacher.py": ["--rows", "2", "--max-new-tokens", "8", "--preset-frames", "0", "--root",
+                                 "{work}/bench-teacher", "--out", "{work}/bench_teacher-{line}.md"],
+    # the tiny talkers of the README chain never stop by themselves: every row runs to a 24-frame budget
+    "tts-awq teacher": ["--max-new-tokens", "24", "--batch-size", "2"],
+    "tts-awq speak": ["--max-new-tokens", "24"],
 }
 
 #: Gates for the random tiny talker, given to validate-awq commands that name no --gates file: every default gate
@@ -595,6 +601,20 @@ def _check_command(step: Step, result: Result, rd: Readme) -> None:
     elif tool == "scripts/bench_scale.py":
         table = Path(result.argv[result.argv.index("--out") + 1]).read_text()
         assert "a) quantize-talker" in table and "b) size on disk" in table
+    elif tool == "tts-awq teacher":
+        out = work / result.out.strip()
+        prov = json.loads((out / "provenance.json").read_text())
+        assert prov["stage"] == "teacher" and prov["teacher"]["validation"]["status"] == "passed"
+        assert prov["rows"] == 4 and sorted(prov["shards"]) == sorted(
+            f"data/{p.name}" for p in (out / "data").glob("*.parquet"))
+    elif tool == "tts-awq speak":
+        out = work / result.out.strip()
+        entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+        assert entries and sorted(e["file"] for e in entries) == sorted(p.name for p in out.glob("*.wav"))
+        assert "speak: " in result.err and "resampled after a runaway" in result.err
+    elif tool == "scripts/bench_teacher.py":
+        table = Path(result.argv[result.argv.index("--out") + 1]).read_text()
+        assert "a) tiny model" in table and "2 processes" in table and "c) output size" in table
     elif tool == "scripts/bench_validate.py":
         table = Path(result.argv[result.argv.index("--out") + 1]).read_text()
         assert "| 1 | " in table and "| 8 | " in table and "teacher.kl_mean" in table
@@ -608,6 +628,8 @@ def _check_python(step: Step, result: Result, rd: Readme) -> None:
     if "wavs" in ns:  # the load_quantized block
         assert len(ns["wavs"]) == 1 and len(ns["wavs"][0]) > 0 and ns["sr"] == 24000
         assert ns["tts"].tts_awq_kernels and "talker_int4_linears" in str(ns["tts"].tts_awq_bytes)
+    if "ds" in ns:  # the teacher dataset block
+        assert ns["ds"].num_rows == 4 and ns["ds"].features["c0_topk_logprobs"].feature.feature.dtype == "float16"
     if "result" in ns:  # the push block
         assert ns["result"].commit_url.startswith(rd.hub.url), ns["result"].commit_url
         assert len(rd.hub.commits) == result.commits_before + 1

@@ -203,6 +203,18 @@ def _add_push(p: argparse.ArgumentParser) -> None:
     add_push(p)
 
 
+def _add_teacher(p: argparse.ArgumentParser) -> None:
+    from tts_awq.teacher.cli import add_teacher
+
+    add_teacher(p)
+
+
+def _add_speak(p: argparse.ArgumentParser) -> None:
+    from tts_awq.speak.cli import add_speak
+
+    add_speak(p)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
     "quantize-talker": (_add_quantize, "quantize a TTS talker (or causal LM) to AWQ INT4"),
     "requantize": (_add_requantize, "rebuild a package from its source and search_state.safetensors (no calibration)"),
@@ -211,6 +223,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
     "merge": (_add_merge, "task-arithmetic / TIES / DARE / linear merge of checkpoints"),
     "validate-awq": (_add_validate, "quality report with pass/fail gates (exit 0 pass, 1 gate failed, 2 error)"),
     "push": (_add_push, "push a validated package to the Hugging Face Hub with a model card"),
+    "teacher": (_add_teacher, "distillation targets (codes + top-k log-probs) as a datasets-readable parquet set"),
+    "speak": (_add_speak, "synthesize a script, one WAV per line, with a runaway guard"),
 }
 
 

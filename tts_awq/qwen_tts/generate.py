@@ -76,13 +76,14 @@ def _voice_prompt(tts: Any, req: VoiceClone, cache: dict[Any, Any] | None) -> li
 @torch.no_grad()
 def generate_voice_clone(tts: Any, requests: list[VoiceClone], max_new_tokens: int, capture: bool = False,
                          prompt_cache: dict[Any, Any] | None = None, engine: str = "fast",
-                         slots: int | None = None) -> list[VoiceCloneResult]:
+                         slots: int | None = None, decoder: FastDecode | None = None) -> list[VoiceCloneResult]:
     """Generate ``requests`` as one batch seeded with ``requests[0].seed``; optionally record the talker rows.
     ``prompt_cache`` (any dict the caller keeps) reuses voice prompts of named voices. ``engine``: "fast" decodes
     with :class:`~tts_awq.qwen_tts.decode.FastDecode` and per-item draws (each item seeded by :func:`item_seed`,
     so its codes do not depend on the batch), "exact" with the same loop drawing like ``generate`` (codes
     identical to "qwen-tts"), "qwen-tts" with qwen-tts's own talker ``generate``. ``slots`` ("fast" only): at
-    most this many items decode at once, the next one joining when one finishes (None: all at once)."""
+    most this many items decode at once, the next one joining when one finishes (None: all at once). ``decoder``: a
+    :class:`FastDecode` (subclass) used instead of the engine's own, e.g. one that feeds given codes."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if not requests:
@@ -101,8 +102,9 @@ def generate_voice_clone(tts: Any, requests: list[VoiceClone], max_new_tokens: i
     fast = engine != "qwen-tts"
     hook = TalkerCapture(tts.model.talker, eos_id(tts), 10**9) if capture and not fast else None
     seeds = [item_seed(r) for r in requests] if engine == "fast" else None
-    decoder = (FastDecode(tts.model.talker, seeds, record_rows=capture, slots=slots) if fast
-               else contextlib.nullcontext())
+    if decoder is None:
+        decoder = (FastDecode(tts.model.talker, seeds, record_rows=capture, slots=slots) if fast
+                   else contextlib.nullcontext())
     torch.manual_seed(requests[0].seed)
     try:
         with decoder:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from tts_awq.cli_types import int_at_least
 from tts_awq.constants import ENGINES
-from tts_awq.errors import UserError
 from tts_awq.validate.plan import DEFAULT_PROFILE, PROFILES
-from tts_awq.validate.spawn import Helpers, helper_rank
+from tts_awq.validate.spawn import helper_argv, helpers_for
 
 EXIT_PASS = 0
 EXIT_GATE_FAILED = 1
@@ -51,23 +49,13 @@ def add_validate(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("--workers starts its own processes; under torchrun / accelerate launch leave it out (the "
-                        "launcher's processes already share the run)")
-    helpers = Helpers.start(args, args.workers) if args.workers > 1 and helper_rank() is None else None
-    try:
+    with helpers_for(["-m", "tts_awq.validate", *helper_argv(args)], args.workers):
         from tts_awq.validate.runner import validate_package
 
         result = validate_package(args.out, args.reference, eval=args.eval, seeds=args.seeds,
                                   max_new_tokens=args.max_new_tokens, gates=args.gates, device=args.device,
                                   asr_model=args.asr_model, n_prompts=args.n_prompts, profile=args.profile,
                                   batch_size=args.batch_size, engine=args.engine, workers=args.workers)
-    except BaseException:
-        if helpers is not None:
-            helpers.stop()
-        raise
-    if helpers is not None:
-        helpers.finish()
     if result is None:  # a non-main worker of a multi-process run: rank 0 writes the report
         return EXIT_PASS
     verdict = "PASS" if result.passed else "FAIL (" + ", ".join(result.failed_gates) + ")"

@@ -16,8 +16,12 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
+
+from tts_awq.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +59,17 @@ class Helpers:
 
     @classmethod
     def start(cls, args: argparse.Namespace, workers: int) -> Helpers:
+        return cls.launch(["-m", "tts_awq.validate", *helper_argv(args)], workers)
+
+    @classmethod
+    def launch(cls, argv: list[str], workers: int) -> Helpers:
+        """Start ``python ARGV`` as helpers 1..workers-1 (``HELPER_ENV`` tells each its rank)."""
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         helpers = cls()
         for rank in range(1, workers):
             stderr = tempfile.TemporaryFile(prefix=f"tts-awq-helper-{rank}-")
             env = {**os.environ, HELPER_ENV: f"{rank}/{workers}"}
-            helpers.procs.append(subprocess.Popen([sys.executable, "-m", "tts_awq.validate", *helper_argv(args)],
+            helpers.procs.append(subprocess.Popen([sys.executable, *argv],
                                                   env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                   stderr=stderr))
             helpers.logs.append(stderr)
@@ -89,6 +98,24 @@ class Helpers:
         for proc, stderr in zip(self.procs, self.logs, strict=True):
             _wait(proc)
             stderr.close()
+
+
+@contextmanager
+def helpers_for(argv: list[str], workers: int) -> Iterator[None]:
+    """Around a command's work: with ``workers > 1`` (and not itself a helper) start ``python ARGV`` helpers,
+    stop them if the work fails, reap them (reporting failures) when it succeeds."""
+    if workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--workers starts its own processes; under torchrun / accelerate launch leave it out (the "
+                        "launcher's processes already share the run)")
+    helpers = Helpers.launch(argv, workers) if workers > 1 and helper_rank() is None else None
+    try:
+        yield
+    except BaseException:
+        if helpers is not None:
+            helpers.stop()
+        raise
+    if helpers is not None:
+        helpers.finish()
 
 
 def _wait(proc: subprocess.Popen[bytes]) -> None:

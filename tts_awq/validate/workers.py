@@ -87,25 +87,45 @@ def run_batches(cache: Path, keyed: list[tuple[str, list[Job], int]], world: Wor
                 compute: Callable[[list[Job], int], list[JobRecord]], progress: Callable[[int], None]) -> int:
     """Compute every batch that has no cached records and no live claim; then wait for the batches other
     workers hold, taking over any whose worker died. Returns how many jobs this process computed."""
+
+    checked: set[int] = set()
+
+    def done(index: int) -> bool:
+        """A trusted record exists; a torn, altered or foreign one is logged once (then recomputed)."""
+        quiet = index in checked
+        checked.add(index)
+        return jobcache.load_records(cache, keyed[index][0], quiet=quiet) is not None
+
+    def work(index: int) -> int:
+        key, batch, first = keyed[index]
+        jobcache.save_records(cache, key, compute(batch, first))
+        return len(batch)
+
+    return run_claimed(cache, [key for key, _, _ in keyed], world, done, work,
+                       lambda i: progress(len(keyed[i][1])))
+
+
+def run_claimed(cache: Path, keys: list[str], world: World, done: Callable[[int], bool],
+                work: Callable[[int], int], progress: Callable[[int], None]) -> int:
+    """The claim loop shared by validate-awq and teacher: unit ``i`` (claim name ``keys[i]`` under ``cache``) is
+    computed by ``work(i)`` unless ``done(i)``; units claimed by live workers are waited for, a dead worker's claim
+    is taken over. Returns the sum of ``work``'s results in this process."""
     computed = 0
-    pending = world.order(len(keyed))
+    pending = world.order(len(keys))
     while pending:
         waiting = []
         for index in pending:
-            key, batch, first = keyed[index]
-            if jobcache.load_records(cache, key) is not None:  # a torn or altered record is recomputed
-                progress(len(batch))
+            if done(index):
+                progress(index)
                 continue
-            with jobcache.claim(cache, key) as mine:
+            with jobcache.claim(cache, keys[index]) as mine:
                 if not mine:
                     waiting.append(index)
                     continue
-                if jobcache.load_records(cache, key, quiet=True) is None:  # not finished while we asked
-                    jobcache.save_records(cache, key, compute(batch, first))
-                    computed += len(batch)
-            progress(len(batch))
+                if not done(index):  # finished while we asked
+                    computed += work(index)
+            progress(index)
         if waiting and waiting == pending:
-            time.sleep(POLL_S)  # every remaining batch is being computed elsewhere
+            time.sleep(POLL_S)  # every remaining unit is being computed elsewhere
         pending = waiting
     return computed
-
