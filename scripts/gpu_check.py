@@ -16,7 +16,9 @@ d) decode seconds per codec frame, INT4 int4mm vs the BF16 reference in bf16, ba
    masked so every item runs its budget, CUDA synchronised, prefill excluded: (t(2F+2) - t(F)) / (F + 2), each
    time the faster of two runs (the rehearsal's figures on a shared CPU are not measurements);
 e) validate-awq on the package through ``scripts/bench_validate.py`` (release profile settings on N jobs,
-   extrapolated to its 2000 generations; goal <= 30 min).
+   extrapolated to its 2000 generations; goal <= 30 min);
+f) (only with ``--only f``) ``tts-awq teacher`` frames/s at the 1.7B dimensions on DEV through
+   ``scripts/bench_teacher.py`` (its own random dense 1.7B checkpoint, one row).
 
 Writes ``OUTDIR/gpu_check.md`` (a table per part; machine, driver, torch in the header), ``gpu_check.json``,
 ``gpu_check.log`` (each part's output tail) and ``bench_validate.md`` (part e): 4 files. ``--rehearse`` runs the same
@@ -42,7 +44,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
-PARTS = ("a", "b", "c", "d", "e")
+PARTS = ("a", "b", "c", "d", "e", "f")
+#: What a run without --only runs: f is left out so the default run fits one 10-minute device call.
+DEFAULT_PARTS = ("a", "b", "c", "d", "e")
 MEMORY_GOAL_BYTES = 1.3e9
 LOG_TAIL = 6000  # characters of each part's output kept in gpu_check.log
 
@@ -65,10 +69,10 @@ class Sizes:
 
 GPU = Sizes(device="cuda", preset="1.7b", calib_samples=8, calib_seq_len=128, generate_frames=128,
             decode_frames=16, decode_batches=(1, 8), validate_jobs=64, validate_batch=32,
-            limits_s={"a": 65, "b": 190, "c": 50, "d": 140, "e": 140})
+            limits_s={"a": 65, "b": 190, "c": 50, "d": 140, "e": 140, "f": 240})
 REHEARSAL = Sizes(device="cpu", preset="tiny", calib_samples=4, calib_seq_len=32, generate_frames=8,
                   decode_frames=4, decode_batches=(1, 8), validate_jobs=8, validate_batch=4,
-                  limits_s={"a": 600, "b": 600, "c": 600, "d": 900, "e": 900})
+                  limits_s={"a": 600, "b": 600, "c": 600, "d": 900, "e": 900, "f": 900})
 
 
 # ------------------------------------------------------------------------------------------ child side
@@ -288,7 +292,25 @@ def child_e(state: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
     return {"wall_s": wall, **dict(zip(keys, cells, strict=True))}
 
 
-CHILDREN = {"b": child_b, "c": child_c, "e": child_e}
+def child_f(state: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
+    """bench_teacher.py's 1.7B-dimension part (one row, EOS never met by the random talker) on DEV."""
+    table = Path(state["outdir"]) / "bench_teacher.md"
+    frames = "24" if sizes.device.startswith("cuda") else "2"
+    cmd = [sys.executable, str(SCRIPTS / "bench_teacher.py"), "--root", str(Path(state["root"]) / "teacher"),
+           "--skip-tiny", "--skip-size", "--preset-frames", frames, "--device", sizes.device, "--out", str(table)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"bench_teacher.py exited {proc.returncode}")
+    lines = table.read_text().splitlines()
+    heading = next((i for i, line in enumerate(lines) if line.startswith("## b) 1.7B")), None)
+    rows = [line for line in lines[heading or 0:] if line.startswith("| ") and line[2:3].isdigit()]
+    if heading is None or not rows:
+        raise RuntimeError(f"{table} has no 1.7B row")
+    return {"wall_s": time.perf_counter() - start, "heading": lines[heading], "row": rows[0]}
+
+
+CHILDREN = {"b": child_b, "c": child_c, "e": child_e, "f": child_f}
 
 
 def run_child(part: str, state_file: Path, rehearse: bool, variant: str | None) -> int:
@@ -369,7 +391,7 @@ class PartFailed(Exception):
 
 
 TITLES = {"a": "tests/test_gpu.py", "b": "checkpoint build + quantize-talker", "c": "load_quantized int4mm",
-          "d": "decode per codec frame", "e": "validate-awq release rate"}
+          "d": "decode per codec frame", "e": "validate-awq release rate", "f": "teacher at 1.7B dimensions"}
 
 
 def run_parts(args: argparse.Namespace) -> list[PartResult]:
@@ -520,7 +542,12 @@ def _render_e(d: dict[str, Any]) -> list[str]:
             f"{d['command_s']} | {d['estimate_min']} | {d['goal']} |"]
 
 
-RENDER = {"a": _render_a, "b": _render_b, "c": _render_c, "d": _render_d, "e": _render_e}
+def _render_f(d: dict[str, Any]) -> list[str]:
+    return [d["heading"].lstrip("# "), "", "| frames | compute s (incl. prefill and teacher forcing) | frames/s | wall s |",
+            "|---|---|---|---|", d["row"]]
+
+
+RENDER = {"a": _render_a, "b": _render_b, "c": _render_c, "d": _render_d, "e": _render_e, "f": _render_f}
 
 
 def write_outputs(outdir: Path, header: dict[str, Any], sizes: Sizes, results: list[PartResult],
@@ -541,9 +568,10 @@ def parse_only(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("outdir", type=Path, nargs="?", help="where gpu_check.md/.json/.log go (4 files)")
+    parser.add_argument("outdir", type=Path, nargs="?", help="where gpu_check.md/.json/.log go (at most 6 files)")
     parser.add_argument("--rehearse", action="store_true", help="CPU rehearsal: tiny preset, tiny sizes")
-    parser.add_argument("--only", type=parse_only, default=list(PARTS), help="e.g. b,c (default: all)")
+    parser.add_argument("--only", type=parse_only, default=list(DEFAULT_PARTS),
+                        help="e.g. b,c (default: a-e; f only when named)")
     parser.add_argument("--reuse", type=Path, help="checkpoint root an earlier run left (skips the build)")
     parser.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)

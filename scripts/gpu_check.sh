@@ -13,7 +13,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
-usage="usage: scripts/gpu_check.sh [--rehearse] [--only a,b,c,d,e] [--reuse DIR] OUTDIR"
+usage="usage: scripts/gpu_check.sh [--rehearse] [--only a,b,c,d,e,f] [--reuse DIR] OUTDIR"
 REHEARSE=0
 ARGS=()
 OUTDIR=""
