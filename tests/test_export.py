@@ -5,6 +5,7 @@ dequantized weight; mlx-audio loads the mlx export and synthesizes on CPU."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_push import (  # noqa: F401  (the loopback Hub and its network guard)
+    FakeHub,
+    card_meta,
+    hub,  # noqa: F401  (the `hub` fixture)
+    loopback_only,
+)
 
 from tts_awq.checkpoint import TensorStore, write_json
 from tts_awq.checkpoint.files import hash_tree, sha256_file
@@ -249,3 +256,79 @@ def test_mlx_export_refuses_shapes_mlx_audio_would_misread(packages: dict[str, P
     err = capsys.readouterr().err.strip()
     assert code == EXIT_USER and err.count("\n") == 0 and "speaker_encoder.asp.conv.weight" in err
     assert not (tmp_path / "mlx").exists()
+
+
+# --------------------------------------------------------------------------------------------------- stage rules
+def test_refuses_unvalidated_and_failed_packages_unless_allowed(packages: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    pkg = tmp_path / "pkg"
+    shutil.copytree(packages["int4"], pkg)
+    mark_validated(pkg, {**REPORT, "passed": False, "failed_gates": ["teacher_top1"]})
+    code = main(["export", str(pkg), str(tmp_path / "out"), "--to", "gguf"])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_USER and err.count("\n") == 0 and "validation failed (gates: teacher_top1)" in err
+    assert "--allow-unvalidated" in err and not (tmp_path / "out").exists()
+    assert main(["export", str(pkg), str(tmp_path / "out"), "--to", "gguf", "--allow-unvalidated"]) == 0
+    prov = json.loads((tmp_path / "out/provenance.json").read_text())
+    assert prov["parent_validation"]["validated"] is False
+    assert prov["parent_validation"]["problem"] == "validation failed (gates: teacher_top1)"
+
+
+def test_provenance_names_the_parent_and_its_validation(packages: dict[str, Path], exports: dict[str, Path]) -> None:
+    prov = json.loads((exports["compressed-tensors"] / "provenance.json").read_text())
+    parent = packages["int4"]
+    assert prov["stage"] == "export" and prov["parameters"]["to"] == "compressed-tensors"
+    assert prov["export"]["parent_provenance_sha256"] == sha256_file(parent / "provenance.json")
+    source = prov["inputs"][0]
+    assert source["role"] == "source" and source["path"] == str(parent)
+    assert source["files_sha256"]["model.safetensors"] == sha256_file(parent / "model.safetensors")
+    assert source["provenance"]["stage"] == "quantize-talker"
+    assert prov["export"]["check"] == {"linears": 28, "max_abs_dw": 0.0, "max_bound": 0.0, "exact": True,
+                                       "rule": "exact: the same integers and float16 scales"}
+    assert prov["validation"]["passed"] is True
+    assert prov["validation"]["report_sha256"] == sha256_file(parent / "validation/report.json")
+    assert prov["parent_validation"]["record"]["report_sha256"] == prov["validation"]["report_sha256"]
+    assert set(prov["outputs_sha256"]) >= {"model.safetensors", "config.json", "validation/report.json"}
+    assert "search_state.safetensors" not in prov["outputs_sha256"]
+
+
+def test_a_failing_self_check_writes_nothing(packages: dict[str, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from tts_awq.export import source as source_module
+
+    real = source_module.ExportSource.reference
+
+    def off_by_one_step(self: Any, name: str) -> torch.Tensor:
+        weight = real(self, name)
+        weight[0, 0] += 1e-3
+        return weight
+
+    monkeypatch.setattr(source_module.ExportSource, "reference", off_by_one_step)
+    code = main(["export", str(packages["int4"]), str(tmp_path / "out"), "--to", "compressed-tensors"])
+    err = capsys.readouterr().err
+    assert code == 3 and "differs from the package's dequantized weight" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------- push
+@pytest.mark.parametrize("fmt, library", [("compressed-tensors", "vllm"), ("gguf", "llama.cpp")])
+def test_push_publishes_an_export_with_its_runtime_card(exports: dict[str, Path], packages: dict[str, Path],
+                                                        hub: FakeHub, tmp_path: Path, fmt: str, library: str) -> None:  # noqa: F811
+    out = exports[fmt]
+    before = hash_tree(out)
+    assert main(["push", str(out), "--repo-id", f"you/tiny-{fmt}", "--endpoint", hub.url,
+                 "--base-model", "Qwen/Qwen3-TTS-12Hz-1.7B-Base"]) == 0
+    commit = hub.commits[-1]
+    landed = commit["files"]
+    assert set(landed) == set(before) | {"README.md", ".gitattributes"}
+    card = landed["README.md"].decode()
+    meta = card_meta(card, tmp_path)
+    assert meta["library_name"] == library and meta["pipeline_tag"] == "text-to-speech"
+    assert meta["base_model"] == "Qwen/Qwen3-TTS-12Hz-1.7B-Base" and meta["base_model_relation"] == "quantized"
+    assert fmt in meta["tags"] and "unvalidated" not in meta["tags"]
+    assert "## Quality (of the parent package)" in card and "`teacher_top1`" in card and "**passed**" in card
+    assert f"tts-awq export --to {fmt}" in card and "max |Δw|" in card
+    assert f"you/tiny-{fmt}" in card.split("## How to run", 1)[1] or fmt == "gguf"
+    assert f"{fmt} export" in commit["header"]["summary"]
+    assert hash_tree(out) == before

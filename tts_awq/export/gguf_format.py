@@ -206,7 +206,7 @@ def gguf_name(module: str, prefix: str) -> str:
     return f"blk.{layer}.{LAYER_NAMES[rest]}"
 
 
-@register("gguf", runtime="llama.cpp (Qwen3-TTS support)", library_name="gguf")
+@register("gguf", runtime="llama.cpp (Qwen3-TTS support)", library_name="llama.cpp")
 def export_gguf(source: ExportSource, out: Path) -> ExportResult:
     """GGUF talker for llama.cpp (arch qwen3tts), INT4 linears as Q4_1 from the AWQ integers (5.0 bits/weight)."""
     import gguf

@@ -24,11 +24,10 @@ from tts_awq.checkpoint.files import hash_tree
 from tts_awq.export.registry import get_format
 from tts_awq.export.source import ExportSource, open_source
 from tts_awq.provenance import PROVENANCE_NAME, Provenance
-from tts_awq.publish.package import REPORT_REL, VALIDATION_DIR
+from tts_awq.publish.package import EXPORT_STAGE, REPORT_REL, VALIDATION_DIR
 
 log = logging.getLogger(__name__)
 
-EXPORT_STAGE = "export"
 #: Files of the parent's validation record an export carries (so push can show and check the parent's report).
 CARRIED_VALIDATION = (REPORT_REL, f"{VALIDATION_DIR}/report.md")
 
