@@ -26,13 +26,11 @@ import torch
 from tts_awq.checkpoint import TensorStore, read_json, write_json
 from tts_awq.errors import UserError
 from tts_awq.export.check import LinearChecks
-from tts_awq.export.files import copy_companions, is_linear_weight, module_of, write_weights
+from tts_awq.export.files import copy_companions, is_linear_weight, module_of, tensor_producer, write_weights
 from tts_awq.export.nibbles import pack_last_dim, unpack_last_dim
 from tts_awq.export.registry import ExportResult, register
-from tts_awq.export.source import ExportSource
+from tts_awq.export.source import ExportSource, Int4Weights
 from tts_awq.quantize.keep import split_fused_groups
-
-SUFFIXES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 
 
 def quantization_config(source: ExportSource, ignore: list[str]) -> dict[str, Any]:
@@ -67,7 +65,7 @@ def _require_fused_groups_whole(source: ExportSource) -> None:
                         "--keep-bf16-fused, or export --to mlx / gguf")
 
 
-def packed_tensors(w: Any) -> dict[str, torch.Tensor]:
+def packed_tensors(w: Int4Weights) -> dict[str, torch.Tensor]:
     """The four compressed-tensors tensors of one :class:`~tts_awq.export.source.Int4Weights`."""
     return {
         "weight_packed": pack_last_dim(w.q),
@@ -106,18 +104,7 @@ def export_compressed_tensors(source: ExportSource, out: Path) -> ExportResult:
         plan[f"{name}.weight_scale"] = (torch.float16, (out_features, groups))
         plan[f"{name}.weight_zero_point"] = (torch.int32, (out_features // 8, groups))
         plan[f"{name}.weight_shape"] = (torch.int64, (2,))
-    cache: dict[str, dict[str, torch.Tensor]] = {}
-
-    def produce(tensor: str) -> torch.Tensor:
-        module, _, suffix = tensor.rpartition(".")
-        if suffix not in SUFFIXES or module not in source.int4:
-            return source.store.get(tensor)
-        if module not in cache:
-            cache.clear()
-            cache[module] = packed_tensors(source.weights(module))
-        return cache[module][suffix]
-
-    write_weights(out, plan, produce, "writing compressed-tensors")
+    write_weights(out, plan, tensor_producer(source, packed_tensors), "writing compressed-tensors")
     copy_companions(source.root, out)
     ignore = sorted({module_of(n) for n in source.dense_tensor_names()
                      if is_linear_weight(n, tuple(source.store.info(n).shape))})

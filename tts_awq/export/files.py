@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +19,9 @@ from tts_awq.quantize.search_state import SEARCH_STATE_NAME
 #: Package files an export never carries: its own provenance and validation are written by the stage, the AWQ
 #: search state only means something to tts-awq, and the weights are rewritten.
 NOT_COPIED = (PROVENANCE_NAME, SEARCH_STATE_NAME, "README.md")
+
+if TYPE_CHECKING:
+    from tts_awq.export.source import ExportSource, Int4Weights
 
 Plan = dict[str, tuple[torch.dtype, tuple[int, ...]]]
 
@@ -53,3 +57,25 @@ def is_linear_weight(name: str, shape: tuple[int, ...]) -> bool:
 
 def module_of(tensor_name: str) -> str:
     return tensor_name.rsplit(".", 1)[0]
+
+
+def tensor_producer(source: ExportSource, convert: Callable[[Int4Weights], dict[str, torch.Tensor]],
+                    overrides: dict[str, torch.Tensor] | None = None) -> Callable[[str], torch.Tensor]:
+    """``name -> tensor`` for :func:`write_weights`: ``MODULE.SUFFIX`` of an INT4 linear comes from
+    ``convert(weights)[SUFFIX]`` (one linear converted at a time: the writer asks for a module's tensors in a row),
+    any other name from ``overrides`` or the package unchanged."""
+    cache: dict[str, dict[str, torch.Tensor]] = {}
+    int4 = set(source.int4)
+
+    def produce(name: str) -> torch.Tensor:
+        if overrides and name in overrides:
+            return overrides[name]
+        module, _, suffix = name.rpartition(".")
+        if module not in int4:
+            return source.store.get(name)
+        if module not in cache:
+            cache.clear()
+            cache[module] = convert(source.weights(module))
+        return cache[module][suffix]
+
+    return produce

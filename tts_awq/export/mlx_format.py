@@ -21,13 +21,12 @@ import torch
 from tts_awq.checkpoint import TensorStore, read_json, write_json
 from tts_awq.errors import UserError
 from tts_awq.export.check import LinearChecks
-from tts_awq.export.files import copy_companions, write_weights
+from tts_awq.export.files import copy_companions, tensor_producer, write_weights
 from tts_awq.export.nibbles import pack_last_dim, unpack_last_dim
 from tts_awq.export.registry import ExportResult, register
-from tts_awq.export.source import ExportSource
+from tts_awq.export.source import ExportSource, Int4Weights
 
 MLX_GROUP_SIZES = (32, 64, 128)
-SUFFIXES = ("weight", "scales", "biases")
 
 
 def is_conv_weight(name: str, shape: tuple[int, ...]) -> bool:
@@ -58,10 +57,9 @@ def stored_conv(name: str, torch_order: torch.Tensor) -> torch.Tensor:
                     "transpose either order wrongly); this shape cannot be exported to mlx")
 
 
-def mlx_tensors(w: object) -> dict[str, torch.Tensor]:
-    s = w.scales.float()  # type: ignore[attr-defined]
-    return {"weight": pack_last_dim(w.q).view(torch.uint32),  # type: ignore[attr-defined]
-            "scales": s, "biases": -(s * w.zeros.float())}  # type: ignore[attr-defined]
+def mlx_tensors(w: Int4Weights) -> dict[str, torch.Tensor]:
+    s = w.scales.float()
+    return {"weight": pack_last_dim(w.q).view(torch.uint32), "scales": s, "biases": -(s * w.zeros.float())}
 
 
 def read_back(store: TensorStore, name: str, group_size: int) -> torch.Tensor:
@@ -93,20 +91,7 @@ def export_mlx(source: ExportSource, out: Path) -> ExportResult:
         plan[f"{name}.weight"] = (torch.uint32, (out_features, in_features // 8))
         plan[f"{name}.scales"] = (torch.float32, (out_features, groups))
         plan[f"{name}.biases"] = (torch.float32, (out_features, groups))
-    cache: dict[str, dict[str, torch.Tensor]] = {}
-
-    def produce(tensor: str) -> torch.Tensor:
-        if tensor in convs:
-            return convs[tensor]
-        module, _, suffix = tensor.rpartition(".")
-        if suffix not in SUFFIXES or module not in source.int4:
-            return source.store.get(tensor)
-        if module not in cache:
-            cache.clear()
-            cache[module] = mlx_tensors(source.weights(module))
-        return cache[module][suffix]
-
-    write_weights(out, plan, produce, "writing mlx")
+    write_weights(out, plan, tensor_producer(source, mlx_tensors, convs), "writing mlx")
     copy_companions(source.root, out)
     config = read_json(source.root / "config.json", "config.json")
     config.pop("quantization_config", None)

@@ -127,14 +127,8 @@ TINY_MLX = replace(
     tts_dir="tiny-mlx-tts-base",
     lm_dir="tiny-mlx-qwen3-lm",
     darwin_dir="tiny-mlx-darwin",
-    speaker_encoder={
-        "enc_channels": [96, 96, 96, 96, 288],
-        "enc_kernel_sizes": [5, 3, 3, 3, 1],
-        "enc_dilations": [1, 2, 3, 4, 1],
-        "enc_attention_channels": 80,
-        "enc_res2net_scale": 4,
-        "enc_se_channels": 80,
-    },
+    speaker_encoder={**TINY.speaker_encoder, "enc_channels": [96, 96, 96, 96, 288], "enc_attention_channels": 80,
+                     "enc_se_channels": 80},
     # two upsampling stages (16 * 30 * 2 * 2 = 1920 samples per frame) so the last one still has 128 channels,
     # and quantizer projections wider than 64: every kernel-1 conv has more than 64 input channels
     # decoder transformer head_dim 128 / 2 = 64: mlx-audio reads head_dim (default 64), qwen-tts derives it
