@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -49,13 +48,18 @@ def directory_bytes(root: Path) -> tuple[int, int]:
     return total, weights
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
+#: Runs ``tts-awq ARGS`` in a fresh interpreter and prints its own peak RSS (KiB) last.
+CHILD = ("import resource, sys; from tts_awq.cli import main; code = main(sys.argv[1:]); "
+         "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+
+
+def run(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of ``tts-awq ARGS`` in its own process."""
     start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return time.perf_counter() - start, max(peak, before) / 1024
+    proc = subprocess.run([sys.executable, "-c", CHILD, *args], check=True, capture_output=True, text=True,
+                          cwd=REPO)
+    seconds = time.perf_counter() - start
+    return seconds, int(proc.stdout.split("MAXRSS")[-1]) / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,19 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     talker_weights = layers * (h * q + 2 * h * kv + q * h + 3 * h * i)
     rows = []
     pkg_total, pkg_weights = directory_bytes(pkg)
-    rows.append(("package (AWQ GEMM)", "-", "-", pkg_total, pkg_weights, 4 + 16 * 2 / 128 + 4 / 128))
+    rows.append(("package (AWQ GEMM)", "-", "-", pkg_total, pkg_weights, 4 + 16 / 128 + 4 / 128))
     per_weight = {"compressed-tensors": 4 + 16 / 128 + 4 / 128, "gguf": 5.0, "mlx": 4 + 2 * 32 / 128}
     for name in sorted(load_formats()):
         out = root / f"export-{name}"
-        cmd = [sys.executable, "-m", "tts_awq.cli", "export", str(pkg), str(out), "--to", name, "--allow-unvalidated",
-               "--overwrite"]
-        seconds, peak = run(cmd)
+        seconds, peak = run(["export", str(pkg), str(out), "--to", name, "--allow-unvalidated", "--overwrite"])
         total, weights = directory_bytes(out)
         rows.append((name, f"{seconds:.0f}", f"{peak:,.0f}", total, weights, per_weight[name]))
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; `scripts/bench_export.py`: random 1.7B-shaped "
              f"TTS checkpoint (BF16, {layers} talker layers, {n_int4} INT4 linears, "
              f"{talker_weights / 1e6:.0f} M talker-linear weights), quantized once with --method rtn, each export "
-             "a fresh process (`--allow-unvalidated`). Sizes in MB (10^6 bytes).", "",
+             "a fresh process (`--allow-unvalidated`). Sizes in MB (10^6 bytes). The gguf directory holds the talker "
+             "only (llama.cpp's mmproj part, code predictor and speaker encoder, is converted from the package by "
+             "llama.cpp); bits per weight count scales, zero points / biases / mins at group size 128.", "",
              "| format | export s (incl. self-check) | peak RSS MB | directory MB | weight files MB | bits per talker-linear weight |",
              "|---|---|---|---|---|---|"]
     for name, seconds, peak, total, weights, bits in rows:

@@ -192,6 +192,7 @@ def test_gguf_mixed_package_keeps_dense_linears_dense(packages: dict[str, Path],
 #: margin; a layout or dequantization mistake (a transposed or mis-signed tensor, a shifted nibble) moves logits by
 #: O(1). (Our default CPU kernel, int4mm, computes in bfloat16 and differs from both by ~1e-2.)
 LOGITS_REL_TOL = 1e-4
+MLX_KEPT = "talker.model.layers.0.mlp.down_proj"
 
 
 @pytest.fixture(scope="module")
@@ -201,11 +202,14 @@ def mlx_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         pytest.skip(f"the mlx-audio venv could not be built: {why}")
     from tts_awq.loading import load_quantized
     from tts_awq.qwen_tts.forward import codec_logits, talker_hidden
+    from tts_awq.testing.presets import TINY_MLX
     from tts_awq.testing.tiny import build_tts
 
     root = tmp_path_factory.mktemp("mlx")
-    src = build_tts(root / "tts", seed=0, preset="tiny-mlx")
-    package = mark_validated(quantize_talker(QuantizeOptions(src=str(src), out=root / "pkg", **FAST)))
+    src = build_tts(root / "tts", seed=0, preset=TINY_MLX)
+    # a mixed package: one decoder linear kept dense (mlx-audio must load it as a plain Linear)
+    package = mark_validated(quantize_talker(QuantizeOptions(src=str(src), out=root / "pkg",
+                                                             keep_bf16=(MLX_KEPT,), **FAST)))
     out = export_package(ExportOptions(package=package, out=root / "mlx", to="mlx"))
     source = open_source(package, allow_unvalidated=True)
     ids = torch.randint(0, 2048, (24,), generator=torch.Generator().manual_seed(0))
@@ -231,7 +235,7 @@ def test_mlx_core_dequantize_reproduces_the_package_exactly(mlx_case: dict[str, 
     assert all(dw == 0.0 for dw in result["dequantize_max_abs_dw"].values()), result["dequantize_max_abs_dw"]
     # only the talker's decoder linears are quantized: the code predictor stays dense as in the package
     assert all(name.startswith("talker.model.layers.") for name in result["quantized_modules"])
-    assert len(result["quantized_modules"]) == 28 and result["dense_talker_linears"] == []
+    assert len(result["quantized_modules"]) == 27 and result["dense_talker_linears"] == [MLX_KEPT]
 
 
 def test_mlx_audio_teacher_forced_logits_match_our_loader(mlx_case: dict[str, Any]) -> None:

@@ -181,7 +181,8 @@ QWEN3_TTS_1_7B = Preset(
     lm_max_shard_bytes=2 << 30,  # the real Qwen3-1.7B is sharded: exercise the index path
 )
 
-PRESETS: dict[str, Preset] = {preset.name: preset for preset in (TINY, TINY_MLX, QWEN3_TTS_1_7B)}
+#: The presets ``make_tiny_checkpoint.py --preset`` offers (TINY_MLX is for the mlx export tests only).
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in (TINY, QWEN3_TTS_1_7B)}
 
 
 def get_preset(preset: str | Preset) -> Preset:
