@@ -110,6 +110,12 @@ NOT_RUN: dict[str, str] = {
                                      "error line and exit 2",
     "bash scripts/gpu_check.sh --rehearse OUT": "the whole rehearsal (10+ minutes); .ci/run runs its part b; "
                                                 "checked: as the line with --only b",
+    "python scripts/bench_export.py": "builds a 1.7B-shaped checkpoint (~12 GB) and runs for many minutes; "
+                                      "checked: its --help parses",
+    "tts-awq export darwin-3-awq darwin-3-mlx --to mlx": "the tiny talker's speaker encoder has kernel-1 convs with "
+        "<= 64 input channels, which mlx-audio's shape rule misreads, so the export refuses it (as intended); "
+        "tests/test_export.py exports the tiny-mlx preset and runs it in mlx-audio (and checks that refusal); "
+        "checked: the command parses",
 }
 
 #: README commands that are known not to work yet (a regex over the command text): run, and expected to fail with
@@ -123,7 +129,7 @@ HUB_STANDINS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Qwen/Qwen3-1.7B": ("tiny-qwen3-lm", ("provenance.json",)),
 }
 #: Hub repos the README pushes to (on the fake Hub).
-PUSH_TARGETS = ("you/darwin-3-awq",)
+PUSH_TARGETS = ("you/darwin-3-awq", "you/darwin-3-gguf")
 #: Local stand-ins the README names, placed in the working directory: a ``tiny_root`` name, ``ft-dialect`` (a 10 %
 #: blend), ``voice:<clip>`` (from calib_data/voices) or ``pth:<variant>`` (Kokoro-shaped nested dicts).
 LOCAL_STANDINS: dict[str, str] = {
@@ -591,8 +597,15 @@ def _check_command(step: Step, result: Result, rd: Readme) -> None:
         else:
             assert len(rd.hub.commits) == result.commits_before + 1
             landed = rd.hub.commits[-1]["files"]
-            assert "README.md" in landed and "provenance.json" in landed and "model.safetensors" in landed
+            assert "README.md" in landed and "provenance.json" in landed
+            assert "model.safetensors" in landed or "talker-q4_1.gguf" in landed  # a package, or a gguf export
             assert rd.hub.url in result.out
+    elif tool == "tts-awq export":
+        out = work / result.out.strip()
+        prov = json.loads((out / "provenance.json").read_text())
+        assert prov["stage"] == "export" and prov["export"]["format"] == step.args[step.args.index("--to") + 1]
+        check = prov["export"]["check"]
+        assert check["linears"] > 0 and check["max_abs_dw"] <= check["max_bound"]
     elif tool == "make demo":
         out = Path(result.argv[result.argv.index("--out") + 1])
         assert (work / out / "tiny-darwin-awq.wav").stat().st_size > 1000
@@ -650,7 +663,12 @@ def _not_run_check(step: Step) -> None:
             proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), str(REPO / ".rehearse")],
                                   capture_output=True, text=True, timeout=300)
             assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: no CUDA")
-    elif step.tool == "scripts/bench_vs_autoawq.py":
+    elif step.tool == "tts-awq export":  # the command parses, and the format is registered
+        from tts_awq.cli import build_parser
+
+        args = build_parser().parse_args(list(step.argv[1:]))
+        assert args.to == "mlx" and args.func.__module__ == "tts_awq.export.cli"
+    elif step.tool in ("scripts/bench_vs_autoawq.py", "scripts/bench_export.py"):
         proc = subprocess.run([sys.executable, str(REPO / step.tool), "--help"], capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]

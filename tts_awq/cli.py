@@ -68,6 +68,9 @@ def _add_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-bf16-budget", type=float_in(0.0, 1e9), default=d["keep_bf16_budget_mb"], metavar="MB",
                    help="also keep the linears most sensitive to INT4 (a scan on the calibration activations) "
                         "dense, within this many MB (10^6 bytes) over all-INT4")
+    p.add_argument("--keep-bf16-fused", action="store_true",
+                   help="keep vLLM's fused groups together: when one of q/k/v (or gate/up) stays dense, so do the "
+                        "others (a compressed-tensors export for vLLM needs this)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--resume", action="store_true",
                    help="continue a killed run of the same command from its .OUT.partial-* directory")
@@ -84,7 +87,7 @@ def _quantize_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         calib_batch_size=args.calib_batch_size, device=args.device, overwrite=args.overwrite,
         codec_from=args.codec_from, revision=args.revision, max_shard_bytes=int(args.max_shard_size * (1 << 30)),
         clip=not args.no_clip, resume=args.resume, keep_bf16=tuple(args.keep_bf16),
-        keep_bf16_budget_mb=args.keep_bf16_budget,
+        keep_bf16_budget_mb=args.keep_bf16_budget, keep_bf16_fused=args.keep_bf16_fused,
     )
 
 
@@ -215,6 +218,12 @@ def _add_speak(p: argparse.ArgumentParser) -> None:
     add_speak(p)
 
 
+def _add_export(p: argparse.ArgumentParser) -> None:
+    from tts_awq.export.cli import add_export
+
+    add_export(p)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
     "quantize-talker": (_add_quantize, "quantize a TTS talker (or causal LM) to AWQ INT4"),
     "requantize": (_add_requantize, "rebuild a package from its source and search_state.safetensors (no calibration)"),
@@ -226,6 +235,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
     "teacher": (_add_teacher, "distillation targets (codes + top-k log-probs) as a datasets-readable parquet set"),
     "speak": (_add_speak, "synthesize a script, one WAV per line, with a runaway guard"),
 }
+COMMANDS["export"] = (_add_export, "export a validated package for mlx-audio (mlx), llama.cpp (gguf) or vLLM "
+                                   "(compressed-tensors), checked lossless")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

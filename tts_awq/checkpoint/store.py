@@ -26,6 +26,7 @@ DTYPE_FROM_SAFETENSORS = {
     "I16": torch.int16,
     "I8": torch.int8,
     "U8": torch.uint8,
+    "U32": torch.uint32,  # MLX packs its 4-bit weights in uint32
     "BOOL": torch.bool,
 }
 SAFETENSORS_FROM_DTYPE = {v: k for k, v in DTYPE_FROM_SAFETENSORS.items()}

@@ -28,7 +28,7 @@ from tts_awq.checkpoint.confine import confined
 from tts_awq.checkpoint.layout import CODEC_DIR, TTS_KIND
 from tts_awq.errors import UserError
 from tts_awq.formatting import fmt_number, human_bytes, md_table
-from tts_awq.publish.package import REPORT_REL, VALIDATION_DIR, Package
+from tts_awq.publish.package import EXPORT_STAGE, REPORT_REL, VALIDATION_DIR, Package
 
 #: ``library_name`` of a Qwen3-TTS package. The Hub no longer infers it from config.json, so it must name the
 #: library that actually loads the files. Stock transformers cannot (Qwen3-TTS is not a transformers architecture),
@@ -410,6 +410,8 @@ def build_card(package: Package, repo_id: str, base_model: str | None = None) ->
     ``base_model`` overrides the direct parent; by default it is the source's Hub repo id. A local parent has no
     valid Hub id (the Hub rejects a path in ``base_model``), so the field is left out with a warning.
     """
+    if package.provenance.get("stage") == EXPORT_STAGE:
+        return build_export_card(package, repo_id, base_model)
     warnings: list[str] = []
     prov = package.provenance
     source = package.source
@@ -469,5 +471,96 @@ def build_card(package: Package, repo_id: str, base_model: str | None = None) ->
               "The repository mirrors the package byte for byte, except `README.md`, which is this card. "
               "`provenance.json` lists the sha256 of every file quantize-talker wrote (`outputs_sha256`) and of "
               f"`{REPORT_REL}` (`validation.report_sha256`); the plots next to the report are not hashed.", ""]
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(parts)
+    return CardResult(card=ModelCard(content), base_model=base_model, license=lic.license, warnings=warnings)
+
+
+# --------------------------------------------------------------------------------------------------- export cards
+#: ``tts-awq export`` format -> (Hub tags, how to run it). library_name comes from the export's provenance.
+EXPORT_USAGE: dict[str, tuple[list[str], str]] = {
+    "mlx": (["mlx", "mlx-audio"], "\n".join([
+        "With [mlx-audio](https://github.com/Blaizzy/mlx-audio) (Apple silicon; also Linux CPU with `mlx[cpu]`), "
+        "tested by tts-awq with mlx 0.32.4 and mlx-audio 0.6.2 on CPU:", "",
+        "```python",
+        "# pip install \"mlx-audio==0.6.2\"",
+        "from mlx_audio.tts.utils import load_model",
+        'model = load_model("{repo}")',
+        'for result in model.generate(text="Hello.", ref_audio="voice.wav", ref_text="What voice.wav says."):',
+        "    audio = result.audio  # 24 kHz samples (mx.array)",
+        "```"])),
+    "gguf": (["gguf", "llama.cpp"], "\n".join([
+        "With llama.cpp's Qwen3-TTS support (mtmd). This repository holds the talker GGUF (arch `qwen3tts`, its "
+        "INT4 linears as `Q4_1` built from the AWQ integers). llama.cpp also needs its mmproj GGUF (code predictor, "
+        "speaker encoder): they are dense in the parent package, so llama.cpp's own converter makes it from there:", "",
+        "```bash",
+        "python convert_hf_to_gguf.py PARENT_PACKAGE_DIR --mmproj --outfile mmproj.gguf",
+        "```", "",
+        "then run both with llama.cpp's Qwen3-TTS tool as its documentation describes. tts-awq checked the talker "
+        "file with the `gguf` Python reader and its names and metadata against llama.cpp's converter; it did not "
+        "run llama.cpp itself."])),
+    "compressed-tensors": (["compressed-tensors", "vllm"], "\n".join([
+        "With [vLLM-Omni](https://github.com/vllm-project/vllm-omni) (vLLM's native `pack-quantized` W4A16 format; "
+        "the talker runs through vLLM's compressed-tensors WNA16 kernels, the code predictor stays dense):", "",
+        "```bash",
+        "vllm serve {repo} --omni --dtype float16   # float16 keeps AWQ's float16 scales exact",
+        "```", "",
+        "Not run by tts-awq (no GPU in its tests); compressed-tensors' own decompressor reproduces the package's "
+        "weights exactly in its tests."])),
+}
+
+
+def _parent_source(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The parent package's own source entry (the model it was quantized from), via the embedded provenance."""
+    for entry in provenance.get("inputs") or []:
+        parent = entry.get("provenance") if isinstance(entry, dict) else None
+        for sub in (parent or {}).get("inputs") or []:
+            if isinstance(sub, dict) and sub.get("role") == "source":
+                return sub
+    return {}
+
+
+def build_export_card(package: Package, repo_id: str, base_model: str | None = None) -> CardResult:
+    """The card of a ``tts-awq export`` output: library_name and usage of its runtime, base_model the model the
+    parent package was quantized from, and the parent's validation summary."""
+    warnings: list[str] = []
+    prov = package.provenance
+    export = prov.get("export") or {}
+    fmt = str(export.get("format"))
+    tags, usage = EXPORT_USAGE.get(fmt, ([], ""))
+    origin = _parent_source(prov)
+    if base_model is None:
+        base_model = origin.get("repo_id") if is_repo_id(origin.get("repo_id")) else None
+        if base_model is None:
+            warnings.append(f"the model the parent package was quantized from ({origin.get('spec') or '?'}) is local, "
+                            "so the card has no base_model; pass --base-model OWNER/NAME to link it")
+    lic = find_license(package)
+    if lic.license == "other":
+        warnings.append(f"license: other ({lic.note})")
+    data_kwargs: dict[str, Any] = {"base_model": base_model, "base_model_relation": "quantized"} if base_model else {}
+    all_tags = ["awq", "int4", "4-bit", "quantized", "tts-awq", *tags, "qwen3-tts", "text-to-speech", "tts"]
+    if not package.validated:
+        all_tags.append("unvalidated")
+    data = ModelCardData(library_name=str(export.get("library_name")), pipeline_tag="text-to-speech", tags=all_tags,
+                         language=languages(package.config) or None, license=lic.license,
+                         license_name=lic.license_name, license_link=lic.license_link, **data_kwargs)
+    check = export.get("check") or {}
+    parent = _label((prov.get("inputs") or [{}])[0])
+    link = f"[{base_model}]({_HUB}/{base_model})" if base_model else _input_text(origin) if origin else "its source"
+    intro = (f"The tts-awq AWQ INT4 package `{parent}` (talker of {link}) exported for {export.get('runtime')} "
+             f"(`tts-awq export --to {fmt}`). The INT4 integers are the ones `validate-awq` measured: before it was "
+             f"written, every one of the {_fmt(check.get('linears'))} INT4 linears was read back and dequantized "
+             f"independently and compared with the package's dequantized weight: max |Δw| = "
+             f"{_fmt(check.get('max_abs_dw'))} ({_fmt(check.get('rule'))}).")
+    kept = export.get("dense_decoder_linears") or []
+    if kept:
+        intro += f" {len(kept)} decoder linears the package keeps dense are dense here too."
+    parts = [f"# {repo_id.split('/')[-1]}", ""]
+    if not package.validated:
+        parts += [unvalidated_banner(package.validation_problem or "the parent package has no passing validation"), ""]
+    quality = quality_section(package).replace("## Quality", "## Quality (of the parent package)", 1)
+    parts += [intro, "", quality, "", "## How to run", "", usage.format(repo=repo_id), "",
+              credits_section(package, lic), "", "## Files", "",
+              "`provenance.json` records the parent package (the sha256 of every file and its own provenance), the "
+              f"export's check and the sha256 of every file here; `{REPORT_REL}` is the parent's validation report.", ""]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(parts)
     return CardResult(card=ModelCard(content), base_model=base_model, license=lic.license, warnings=warnings)

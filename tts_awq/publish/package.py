@@ -14,6 +14,8 @@ from tts_awq.errors import UserError
 from tts_awq.provenance import PROVENANCE_NAME, read_provenance, verify_outputs
 
 QUANTIZE_STAGE = "quantize-talker"
+#: ``tts-awq export`` output (tts_awq.export.stage.EXPORT_STAGE): a package rewritten for another runtime.
+EXPORT_STAGE = "export"
 VALIDATION_DIR = "validation"
 JOBS_CACHE_PREFIX = f"{VALIDATION_DIR}/jobs/"
 REPORT_REL = f"{VALIDATION_DIR}/report.json"
@@ -105,11 +107,11 @@ def load_package(root: Path) -> Package:
         raise UserError(f"{root / PROVENANCE_NAME}: not found; push only takes a package written by quantize-talker")
     if "unreadable" in provenance and len(provenance) == 1:
         raise UserError(f"{root / PROVENANCE_NAME}: not valid JSON; restore it or re-run quantize-talker")
-    if provenance.get("stage") != QUANTIZE_STAGE:
-        raise UserError(f"{root / PROVENANCE_NAME}: stage is {provenance.get('stage')!r}, not {QUANTIZE_STAGE!r}; "
-                        "push publishes quantized packages only")
+    if provenance.get("stage") not in (QUANTIZE_STAGE, EXPORT_STAGE):
+        raise UserError(f"{root / PROVENANCE_NAME}: stage is {provenance.get('stage')!r}, not {QUANTIZE_STAGE!r} or "
+                        f"{EXPORT_STAGE!r}; push publishes quantized packages and their exports only")
     config = read_json(root / "config.json", "config.json")
-    if not isinstance(config.get("quantization_config"), dict):
+    if provenance.get("stage") == QUANTIZE_STAGE and not isinstance(config.get("quantization_config"), dict):
         raise UserError(f"{root / 'config.json'}: has no quantization_config; not a quantized package")
     # validation/jobs/ is validate-awq's resumable per-job cache: local state, never part of a pushed package.
     files = [rel for rel in list_files(root) if not rel.startswith(JOBS_CACHE_PREFIX)]

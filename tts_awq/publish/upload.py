@@ -298,6 +298,8 @@ def _commit_text(plan: PushPlan) -> tuple[str, str]:
     qcfg = pkg.config.get("quantization_config") or {}
     version = (pkg.provenance.get("tool") or {}).get("version", "")
     message = f"Upload {pkg.root.name}: AWQ INT{qcfg.get('bits')} g{qcfg.get('group_size')} (tts-awq {version})"
+    if pkg.provenance.get("stage") == "export":  # an export: name its format
+        message = f"Upload {pkg.root.name}: {(pkg.provenance.get('export') or {}).get('format')} export (tts-awq {version})"
     if not pkg.validated:
         message += " [unvalidated]"
     description = "\n".join([

@@ -20,6 +20,30 @@ from tts_awq.errors import UserError
 from tts_awq.quantize.sensitivity import LinearScore, choose_within_budget, extra_bytes
 
 EXAMPLE = "e.g. talker.model.layers.27.mlp.down_proj or '*.layers.0.mlp.*'"
+#: Linears vLLM fuses into one module (qkv_proj, gate_up_proj): a fused module is all-INT4 or all-dense there.
+FUSED_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj"))
+
+
+def fused_siblings(name: str) -> list[str]:
+    """The other members of ``name``'s fused group (``...layers.3.self_attn.q_proj`` -> k_proj, v_proj); [] if none."""
+    for group in FUSED_GROUPS:
+        for member in group:
+            if name.endswith("." + member):
+                stem = name[: -len(member)]
+                return [stem + other for other in group if other != member]
+    return []
+
+
+def split_fused_groups(kept: Sequence[str], linears: Sequence[str]) -> list[str]:
+    """Fused groups (as ``a+b+c``) of which some members are in ``kept`` and others are INT4 in ``linears``."""
+    kept_set, present = set(kept), set(linears)
+    split = []
+    for name in kept:
+        partners = [s for s in fused_siblings(name) if s in present and s not in kept_set]
+        group = "+".join(sorted([name, *fused_siblings(name)]))
+        if partners and group not in split:
+            split.append(group)
+    return split
 
 
 def _patterns_of(arg: str) -> list[tuple[str, str]]:
@@ -73,6 +97,13 @@ class KeepPlan:
         picked = {e.name for e in table if e.kept}
         reasons = {n: self.reasons.get(n, "budget") for n in order if n in self.reasons or n in picked}
         return KeepPlan(reasons, budget_bytes, [e.to_dict() for e in table])
+
+    def with_fused_groups(self, order: Sequence[str]) -> KeepPlan:
+        """Keep every member of a vLLM fused group (q/k/v, gate/up) dense when one member is (``--keep-bf16-fused``)."""
+        added = {s: f"fused with {name} (--keep-bf16-fused)" for name in self.reasons for s in fused_siblings(name)
+                 if s not in self.reasons}
+        reasons = {n: self.reasons.get(n) or added[n] for n in order if n in self.reasons or n in added}
+        return KeepPlan(reasons, self.budget_bytes, self.scan)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, order kept (pairs: the resume state's JSON sorts object keys)."""

@@ -57,6 +57,7 @@ class QuantizeOptions:
     resume: bool = False  # continue a killed run's .OUT.partial-<key> directory
     keep_bf16: tuple[str, ...] = ()  # files of Linear names and fnmatch patterns: Linears kept dense
     keep_bf16_budget_mb: float | None = None  # MB (10^6 bytes) for the most sensitive Linears to stay dense
+    keep_bf16_fused: bool = False  # keep vLLM's fused groups (q/k/v, gate/up) together: all dense or all INT4
 
 
 def _check_finite(store: TensorStore, progress: bool) -> None:
@@ -103,6 +104,8 @@ def _plan_keep(options: QuantizeOptions, explicit: dict[str, str], state: Resume
                                            options.group_size, device, progress=options.progress)
             scores = with_eos_shift(scores, shifts)
         plan = plan.with_budget(scores, int(options.keep_bf16_budget_mb * MB), decoder_linear_names(layout))
+    if options.keep_bf16_fused:
+        plan = plan.with_fused_groups(decoder_linear_names(layout))
     state.save_keep_choice(plan.to_dict())
     return plan
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 #: Note logged by builds whose talker is not tiny (the lead's README quotes it).
@@ -54,6 +54,8 @@ class Preset:
     #: None: one model.safetensors; else shards of at most this many bytes plus model.safetensors.index.json.
     tts_max_shard_bytes: int | None = None
     lm_max_shard_bytes: int | None = None
+    #: overrides of the tiny codec's decoder_config (empty: the tiny codec every other preset uses)
+    codec_decoder: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dir_names(self) -> tuple[str, str, str]:
@@ -117,6 +119,23 @@ TINY = Preset(
     streamed=False,
 )
 
+#: The tiny talker with a speaker encoder whose conv weights mlx-audio's shape rule reads unambiguously (every
+#: kernel-1 conv has more than 64 input channels, as in the real model): the mlx export's load test uses it.
+TINY_MLX = replace(
+    TINY,
+    name="tiny-mlx",
+    tts_dir="tiny-mlx-tts-base",
+    lm_dir="tiny-mlx-qwen3-lm",
+    darwin_dir="tiny-mlx-darwin",
+    speaker_encoder={**TINY.speaker_encoder, "enc_channels": [96, 96, 96, 96, 288], "enc_attention_channels": 80,
+                     "enc_se_channels": 80},
+    # two upsampling stages (16 * 30 * 2 * 2 = 1920 samples per frame) so the last one still has 128 channels,
+    # and quantizer projections wider than 64: every kernel-1 conv has more than 64 input channels
+    # decoder transformer head_dim 128 / 2 = 64: mlx-audio reads head_dim (default 64), qwen-tts derives it
+    codec_decoder={"codebook_dim": 256, "latent_dim": 128, "decoder_dim": 512, "upsample_rates": [16, 30],
+                   "hidden_size": 128, "intermediate_size": 256},
+)
+
 #: Qwen3-TTS-12Hz-1.7B-Base shapes (1928.7 M parameters, 3.86 GB BF16) and a Qwen3-1.7B-shaped LM.
 QWEN3_TTS_1_7B = Preset(
     name="1.7b",
@@ -162,6 +181,7 @@ QWEN3_TTS_1_7B = Preset(
     lm_max_shard_bytes=2 << 30,  # the real Qwen3-1.7B is sharded: exercise the index path
 )
 
+#: The presets ``make_tiny_checkpoint.py --preset`` offers (TINY_MLX is for the mlx export tests only).
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (TINY, QWEN3_TTS_1_7B)}
 
 

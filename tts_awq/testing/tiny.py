@@ -773,14 +773,17 @@ def _materialize_tts_model(tmp: Path, preset: Preset, seed: int, qt: Any) -> tup
     return params, salience
 
 
-def _write_codec(codec_dir: Path, seed: int) -> int:
-    """The tiny 12 Hz codec (FP32) with its feature extractor and ModelScope file; returns its parameter count."""
+def _write_codec(codec_dir: Path, seed: int, decoder_overrides: dict[str, Any] | None = None) -> int:
+    """The tiny 12 Hz codec (FP32) with its feature extractor and ModelScope file; returns its parameter count.
+    ``decoder_overrides`` change the decoder_config (a preset's ``codec_decoder``)."""
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
     from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
     from transformers import EncodecFeatureExtractor
 
     torch.manual_seed(seed + 7919)
-    codec = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**tiny_codec_config_kwargs())).eval()
+    kwargs = tiny_codec_config_kwargs()
+    kwargs["decoder_config"] = {**kwargs["decoder_config"], **(decoder_overrides or {})}
+    codec = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**kwargs)).eval()
     _randomize_codebooks(codec)
     _rescale_codec_decoder(codec, seed)
     codec.save_pretrained(codec_dir, safe_serialization=True)
@@ -833,7 +836,7 @@ def build_tts(out: Path, seed: int = 0, *, overwrite: bool = False, preset: Pres
             _mirror_real_tokenizer_files(tmp)
 
         with provenance.timed("codec"):
-            codec_params = _write_codec(tmp / "speech_tokenizer", seed)
+            codec_params = _write_codec(tmp / "speech_tokenizer", seed, preset.codec_decoder)
 
         provenance.parameters.update(
             {
