@@ -69,7 +69,9 @@ def run_teacher(model: Path, data: Path, out: Path, args: list[str], processes: 
                 device: str = "cpu") -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if device == "cpu" else dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    # the repo after any PYTHONPATH already set (an installed tts_awq and its carried wheels win, as in gpu_check)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"),
+                                                    str(Path(__file__).resolve().parent.parent)) if p)
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                  "--master_port", "29541"] if processes > 1 else [sys.executable])
     cmd = [*launcher, "-m", "tts_awq.cli", "teacher", str(model), "--data", str(data), "--out", str(out),
@@ -130,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {name} | {r['frames']} | {r['compute_s']} | {r['frames_per_s']} | {r['wall_s']} |")
         lines.append("")
     if args.preset_frames:
-        big = build_tts(root / "random-1.7b-tts-base", preset="1.7b")
+        big = root / "random-1.7b-tts-base"
+        if not (big / "model.safetensors").is_file():  # build_tts writes atomically: a file there is a whole build
+            build_tts(big, preset="1.7b", overwrite=True)
         one = corpus(root / "one.jsonl", 1)
         r = run_teacher(big, one, root / "out-1.7b", ["--max-new-tokens", str(args.preset_frames), "--retries", "0",
                                                        "--batch-size", "1"], device=args.device)

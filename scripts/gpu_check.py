@@ -295,7 +295,7 @@ def child_e(state: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
 def child_f(state: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
     """bench_teacher.py's 1.7B-dimension part (one row, EOS never met by the random talker) on DEV."""
     table = Path(state["outdir"]) / "bench_teacher.md"
-    frames = "24" if sizes.device.startswith("cuda") else "2"
+    frames = "24" if sizes.device.startswith("cuda") else "4"
     cmd = [sys.executable, str(SCRIPTS / "bench_teacher.py"), "--root", str(Path(state["root"]) / "teacher"),
            "--skip-tiny", "--skip-size", "--preset-frames", frames, "--device", sizes.device, "--out", str(table)]
     start = time.perf_counter()

@@ -34,8 +34,8 @@ rm -f "$DEST/.download.txt" "$DEST/.build.txt"
 # The project: a pure-Python wheel carrying calib_data (built from the working tree, no build isolation).
 "$PY" -m pip wheel -q --no-deps --no-build-isolation "$REPO" -w "$DEST" 2> >(grep -v 'is ignored' >&2)
 rm -rf "$REPO/build"
-count="$(find "$DEST" -name '*.whl' | wc -l)"
-bytes="$(find "$DEST" -name '*.whl' -printf '%s\n' | awk '{s += $1} END {print s + 0}')"
+count="$(find "$DEST" -type f -name '*.whl' | wc -l)"
+bytes="$(find "$DEST" -type f -name '*.whl' -printf '%s\n' | awk '{s += $1} END {print s + 0}')"
 mib="$(awk -v b="$bytes" 'BEGIN {printf "%.1f", b / 1048576}')"
 echo "gpu_wheels: $count wheels in $DEST, $mib MiB (limit $LIMIT_MIB MiB)"
 if [ "$bytes" -gt $((LIMIT_MIB * 1048576)) ]; then
