@@ -125,6 +125,7 @@ def child_b(state: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
 
     sys.path.append(str(SCRIPTS))
     import bench_validate
+    from bench_scale import _find
 
     root = Path(state["root"])
     _, ref, pkg = bench_validate.layout(root, sizes.preset)
@@ -157,17 +158,6 @@ def child_b(state: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
             "layer_s_mean": sum(seconds) / max(1, len(seconds)), "layer_s_max": max(seconds, default=0.0),
             "peak_allocated": _peak(sizes.device), "package": str(pkg), "reference": str(ref),
             "cuda": torch.cuda.is_available()}
-
-
-def _find(tree: Any, key: str) -> Any:
-    if isinstance(tree, dict):
-        if key in tree:
-            return tree[key]
-        for value in tree.values():
-            found = _find(value, key)
-            if found is not None:
-                return found
-    return None
 
 
 def _paths(state: dict[str, Any], sizes: Sizes) -> tuple[Path, Path]:
