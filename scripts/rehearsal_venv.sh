@@ -23,6 +23,14 @@ if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.key" 2>/dev/null)" = "$KEY" ]; 
 fi
 PY312="$(find_python312)"
 rm -rf "$VENV"
+# torch 2.11's CUDA build and its nvidia wheels: about 3.3 GB downloaded, 5.8 GB installed. No pip cache (it would
+# hold a second copy); refuse up front rather than fail half-way with "No space left on device".
+export PIP_NO_CACHE_DIR=1
+free_mb="$(df -Pm "$REPO" | awk 'NR==2 {print $4}')"
+if [ "${free_mb:-0}" -lt "${REHEARSAL_NEEDS_MB:-10500}" ]; then
+    echo "error: the rehearsal venv needs about 10.5 GB free on $(df -P "$REPO" | awk 'NR==2 {print $6}'), ${free_mb} MB are free; free some space (or set REHEARSAL_NEEDS_MB) and run again" >&2
+    exit 4
+fi
 mkdir -p "$(dirname "$VENV")"
 echo "[rehearsal] building $VENV with $PY312 (torch 2.11 and the GPU image's versions; a few minutes once)" >&2
 "$PY312" -m venv "$VENV"
