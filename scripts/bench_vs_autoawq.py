@@ -765,12 +765,21 @@ def child_prepare(spec: dict) -> dict:  # type: ignore[type-arg]
     return {"model": str(model), "sets": sets, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
+def weight_files(path: Path) -> list[Path]:
+    """A checkpoint's weight files: the shards its ``model.safetensors.index.json`` names, else ``model*.safetensors``
+    (never a side file such as tts-awq's ``search_state.safetensors``)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return sorted(path.glob("model*.safetensors"))
+
+
 def _read_safetensors_dir(path: Path) -> dict:  # type: ignore[type-arg]
     from safetensors import safe_open
 
-    files = sorted(path.glob("*.safetensors"))
+    files = weight_files(path)
     if not files:
-        raise BenchError(f"{path}: no *.safetensors files")
+        raise BenchError(f"{path}: no model*.safetensors weight files")
     tensors = {}
     for file in files:
         with safe_open(str(file), framework="pt") as fh:
@@ -870,7 +879,7 @@ def _git_rev() -> str:
 
 def _dir_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    for file in sorted(path.glob("*.safetensors")):
+    for file in weight_files(path):
         digest.update(file.name.encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()

@@ -1,10 +1,14 @@
-"""Pure helpers of scripts/bench_vs_autoawq.py: block cutting, its own AWQ GEMM (un)packer, RTN, metrics."""
+"""Pure helpers of scripts/bench_vs_autoawq.py: block cutting, its own AWQ GEMM and compressed-tensors unpackers,
+RTN, metrics, the calibration sets' disjointness from eval, engine rotation, medians, rusage, the CPU hog."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -87,6 +91,167 @@ def test_rtn_dequantize_matches_fake_quant(bench) -> None:  # type: ignore[no-un
     assert ((deq - w).abs().reshape(16, 2, 64) <= step[..., None] * 0.51 + 1e-3).all()
 
 
+# ------------------------------------------------------------------ compressed-tensors (llm-compressor) layout
+
+
+@pytest.mark.parametrize("cols", [64, 20, 3])
+def test_int4_unpacker_inverts_compressed_tensors_pack(bench, cols: int) -> None:  # type: ignore[no-untyped-def]
+    """The real library packs a known signed int4 matrix; this script's own unpacker gives it back exactly, along
+    either dimension (weights are packed along dim 1, zero points along dim 0) and with a padded last word."""
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    torch.manual_seed(4)
+    values = torch.randint(-8, 8, (6, cols), dtype=torch.int8)
+    values[0, :2] = torch.tensor([-8, 7], dtype=torch.int8)  # both ends of the range
+    rows_packed = pack_to_int32(values, 4, packed_dim=1)
+    assert rows_packed.shape == (6, -(-cols // 8))
+    assert torch.equal(bench.unpack_int4_rows(rows_packed, cols), values.to(torch.int64))
+    cols_packed = pack_to_int32(values.t().contiguous(), 4, packed_dim=0)  # [ceil(cols/8), 6]
+    assert torch.equal(bench.unpack_int4_rows(cols_packed.t().contiguous(), cols), values.to(torch.int64))
+    with pytest.raises(ValueError, match="cannot hold"):
+        bench.unpack_int4_rows(rows_packed, cols + 8)
+
+
+def test_pack_quantized_to_gemm_matches_the_library_decompressor(bench) -> None:  # type: ignore[no-untyped-def]
+    """compressed-tensors' own compressor writes a W4A16 asymmetric group-64 Linear; the AWQ GEMM triple this
+    script makes of it dequantizes (with this script's GEMM dequantizer) to exactly the library's decompressed
+    weight."""
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    torch.manual_seed(5)
+    out_features, in_features, group = 24, 128, 64
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=False, strategy="group", group_size=group)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    w = torch.randn(out_features, in_features)
+    g = w.reshape(out_features, in_features // group, group)
+    lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
+    scale = (hi - lo) / 15
+    zero = torch.clamp(torch.round(-lo / scale) - 8, -8, 7).to(torch.int8)
+    compressed = PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale,
+                                                        "weight_zero_point": zero}, scheme)
+    assert set(compressed) >= {"weight_packed", "weight_scale", "weight_zero_point", "weight_shape"}
+    library = PackedQuantizationCompressor.decompress(dict(compressed), scheme)["weight"]
+    qweight, qzeros, scales = bench.pack_quantized_to_gemm(compressed["weight_packed"], compressed["weight_scale"],
+                                                           compressed["weight_zero_point"],
+                                                           compressed["weight_shape"])
+    assert qweight.shape == (in_features, out_features // 8) and qzeros.shape == (2, out_features // 8)
+    assert scales.dtype == scale.dtype and scales.shape == (2, out_features)
+    ours = bench.dequantize_gemm_weight(qweight, qzeros, scales)
+    assert torch.equal(ours, library.float())
+    assert float((ours - w).abs().max()) < float(scale.max())  # and it is a quantization of w, not noise
+
+
+def test_pack_quantized_to_gemm_refuses_symmetric(bench) -> None:  # type: ignore[no-untyped-def]
+    packed = torch.zeros(8, 8, dtype=torch.int32)
+    with pytest.raises(ValueError, match="symmetric"):
+        bench.pack_quantized_to_gemm(packed, torch.ones(8, 1), None, torch.tensor([8, 64]))
+
+
+# ----------------------------------------------------------------------------------------- calibration sets
+
+
+def test_set_b_is_disjoint_from_eval_and_independent_of_set_a(bench) -> None:  # type: ignore[no-untyped-def]
+    from tts_awq.prompts import load_prompts
+
+    eval_texts = [p.text for p in load_prompts(split="eval")[0]]
+    calib_texts = [p.text for p in load_prompts(split="calib")[0]]
+    texts, sha = bench.python_topics_texts()
+    assert len(texts) > 50 and sum(len(t) for t in texts) > 100_000 and len(sha) == 64
+    assert bench.python_topics_texts() == (texts, sha)  # deterministic
+    checked = bench.check_disjoint(texts, eval_texts)
+    assert checked["eval_texts"] == 500 and checked["eval_word_runs"] > 1000 and checked["eval_char_runs"] > 100
+    bench.check_disjoint(calib_texts, eval_texts)  # set A too
+    assert not set(texts) & set(calib_texts)
+
+
+def test_disjointness_check_catches_shared_text(bench) -> None:  # type: ignore[no-untyped-def]
+    eval_texts = ["The quick brown fox jumps over the lazy dog near the river bank today.",
+                  "今日は天気がとても良いので公園に散歩に行きましょう。"]
+    bench.check_disjoint(["An unrelated text about grammar rules and statements in Python."], eval_texts)
+    with pytest.raises(ValueError, match="8-word run"):
+        bench.check_disjoint(["Prefix: the QUICK brown fox jumps over the lazy dog, then more."], eval_texts)
+    with pytest.raises(ValueError, match="shares the run"):
+        bench.check_disjoint(["Intro 天気がとても良いので公園に散歩 outro"], eval_texts)
+    with pytest.raises(ValueError, match="appears in"):
+        bench.check_disjoint(["x " + eval_texts[1]], eval_texts)
+
+
+# --------------------------------------------------------------------------------- rounds, rusage, engines
+
+
+def test_engine_order_rotates_each_round(bench) -> None:  # type: ignore[no-untyped-def]
+    order = ["autoawq", "llmcompressor", "ttsawq"]
+    rounds = [bench.rotated(order, r) for r in range(4)]
+    assert rounds == [order, ["llmcompressor", "ttsawq", "autoawq"], ["ttsawq", "autoawq", "llmcompressor"], order]
+    assert [r[0] for r in rounds[:3]] == order  # every engine goes first once in len(order) rounds
+    assert bench.rotated([], 3) == []
+
+
+def test_median_over_rounds(bench) -> None:  # type: ignore[no-untyped-def]
+    rounds = [{"wall_s": 10.0, "quantize_s": 7.0, "majflt": 3, "patch": {"calls": 1}, "ok": True, "engine": "x"},
+              {"wall_s": 30.0, "quantize_s": 5.0, "majflt": 1, "patch": {"calls": 1}, "ok": True, "engine": "x"},
+              {"wall_s": 20.0, "quantize_s": 9.0, "majflt": 2, "ok": False, "engine": "x"}]
+    assert bench.median_summary(rounds) == {"wall_s": 20.0, "quantize_s": 7.0, "majflt": 2.0}
+    assert bench.median_summary(rounds[:2])["wall_s"] == 20.0  # even count: mean of the middle two
+    with pytest.raises(ValueError):
+        bench.median_summary([])
+
+
+def test_rusage_fields_of_a_real_child(bench) -> None:  # type: ignore[no-untyped-def]
+    """A child that touches 64 MB: its rusage shows the memory, the page faults it took and its sys time."""
+    proc = subprocess.Popen([sys.executable, "-c", "b = bytearray(64 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    fields = bench.rusage_fields(usage)
+    assert set(fields) == {"user_s", "sys_s", "cpu_s", "minflt_m", "majflt", "peak_rss_mb"}
+    assert fields["peak_rss_mb"] >= 64
+    assert fields["minflt_m"] >= 64 * 2**20 / 4096 / 1e6  # at least one fault per 4 KiB page touched
+    assert fields["sys_s"] == usage.ru_stime and fields["majflt"] == usage.ru_majflt
+    assert fields["cpu_s"] == pytest.approx(usage.ru_utime + usage.ru_stime)
+    fake = SimpleNamespace(ru_utime=1.5, ru_stime=0.5, ru_minflt=2_500_000, ru_majflt=7, ru_maxrss=2048)
+    assert bench.rusage_fields(fake) == {"user_s": 1.5, "sys_s": 0.5, "cpu_s": 2.0, "minflt_m": 2.5,
+                                         "majflt": 7, "peak_rss_mb": 2.0}
+
+
+def test_cpu_hog_burns_a_core_and_stops(bench) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    with bench.cpu_hog(False) as none:
+        assert none is None
+    with bench.cpu_hog(True) as hog:
+        time.sleep(0.5)
+        assert hog.poll() is None
+        ticks = int(Path(f"/proc/{hog.pid}/stat").read_text().rsplit(")", 1)[1].split()[11])  # utime
+        assert ticks > 0
+    assert hog.poll() is not None
+
+
+def test_parse_engines(bench) -> None:  # type: ignore[no-untyped-def]
+    engines = bench.parse_engines("autoawq,llmcompressor,ttsawq,ttsawq:rtn", {"clip": False})
+    assert [(e.name, e.child) for e in engines] == [("autoawq", "autoawq"), ("llmcompressor", "llmcompressor"),
+                                                    ("ttsawq", "ttsawq"), ("ttsawq:rtn", "ttsawq")]
+    assert engines[2].options == {"clip": False} and engines[3].options == {"clip": False, "method": "rtn"}
+    assert engines[3].slug == "ttsawq-rtn" and "rtn" in engines[3].label
+    assert [e.name for e in bench.parse_engines("autoawq", {}, autoawq_unpatched=True)] == ["autoawq",
+                                                                                           "autoawq-unpatched"]
+    for bad in ("gptq", "ttsawq,ttsawq", "ttsawq:", "ttsawq:a b"):
+        with pytest.raises(ValueError):
+            bench.parse_engines(bad, {})
+
+
+@pytest.mark.parametrize("argv", [["--engines", "gptq"], ["--calib-sets", "C"], ["--rounds", "0"],
+                                  ["--ttsawq-args", "[1]"], ["--ttsawq-args", "{bad"]])
+def test_bad_flags_are_one_usage_error(bench, argv: list[str], capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- metrics, table
+
+
 def test_logit_metrics(bench) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(3)
     ref = [torch.randn(5, 11), torch.randn(3, 11)]
@@ -97,5 +262,8 @@ def test_logit_metrics(bench) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_markdown_table_marks_missing_cells(bench) -> None:  # type: ignore[no-untyped-def]
-    table = bench.markdown_table([{"engine": "RTN", "rel_err": 0.5, "kl": 0.1, "top1": 0.9}])
-    assert table.splitlines()[-1] == "| RTN | - | - | - | - | 0.5000 | 0.1000 | 90.00% |"
+    table = bench.markdown_table([{"set": "B", "engine": "RTN", "rel_err": 0.5, "kl": 0.1, "top1": 0.9},
+                                  {"set": "A", "engine": "x", "wall_s": 12.34, "sys_s": 1.25, "minflt_m": 20.5,
+                                   "majflt": 0}])
+    assert table.splitlines()[2] == "| B | RTN | - | - | - | - | - | - | - | 0.5000 | 0.1000 | 90.00% |"
+    assert table.splitlines()[3] == "| A | x | 12.3 | - | - | 1.2 | 20.50 | 0 | - | - | - | - |"

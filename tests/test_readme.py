@@ -100,8 +100,9 @@ NOT_RUN: dict[str, str] = {
                  "checked: .ci/run holds the line verbatim",
     "bash scripts/wheel_smoke.sh": "builds the wheel and pip-installs it into a fresh venv (minutes): what .ci/run "
                                    "runs after make test; checked: .ci/run holds the line verbatim",
-    "python scripts/bench_vs_autoawq.py": "installs AutoAWQ 0.2.9 from PyPI into .bench/autoawq-venv (needs the "
-                                          "network) and runs for minutes; checked: its --help parses",
+    "python scripts/bench_vs_autoawq.py": "installs AutoAWQ 0.2.9 and llm-compressor 0.14.0.1 from PyPI into "
+                                          ".bench/ venvs (needs the network) and runs for many minutes; checked: "
+                                          "its --help parses",
     "bash scripts/gpu_check.sh --rehearse --only b .rehearse/ci": "builds a Python 3.12 venv with torch 2.11 "
         "(minutes, network): what .ci/run runs last; checked: .ci/run holds the line verbatim",
     "bash scripts/gpu_wheels.sh": "downloads wheels (network): the rehearsal above runs it; checked: "
