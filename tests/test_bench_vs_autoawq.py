@@ -267,3 +267,19 @@ def test_markdown_table_marks_missing_cells(bench) -> None:  # type: ignore[no-u
                                    "majflt": 0}])
     assert table.splitlines()[2] == "| B | RTN | - | - | - | - | - | - | - | 0.5000 | 0.1000 | 90.00% |"
     assert table.splitlines()[3] == "| A | x | 12.3 | - | - | 1.2 | 20.50 | 0 | - | - | - | - |"
+
+
+def test_weight_files_skip_side_files(bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The evaluator reads the model's weights only: tts-awq's search_state.safetensors has other tensors."""
+    import json
+
+    for name in ("model.safetensors", "search_state.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+    assert [f.name for f in bench.weight_files(tmp_path)] == ["model.safetensors"]
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00002-of-00002.safetensors", "b": "model-00001-of-00002.safetensors",
+        "c": "model-00001-of-00002.safetensors"}}))
+    assert [f.name for f in bench.weight_files(sharded)] == ["model-00001-of-00002.safetensors",
+                                                             "model-00002-of-00002.safetensors"]
