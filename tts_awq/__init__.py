@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tts_awq.process import prefer_passive_openmp
+
+prefer_passive_openmp()
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_quantized"]

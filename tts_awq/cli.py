@@ -47,7 +47,7 @@ def _add_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="output package directory (written atomically)")
     p.add_argument("--group-size", type=int_at_least(2), default=d["group_size"])
     p.add_argument("--w-bit", type=int, default=d["w_bit"], choices=[4], help="only 4 is storable in the AWQ GEMM format")
-    p.add_argument("--method", default=d["method"], choices=list(QUANT_METHODS), help="rtn = round-to-nearest baseline")
+    p.add_argument("--method", default=d["method"], choices=list(QUANT_METHODS), help="awq-gptq: AWQ scales and clipping, then error-compensating rounding; awq: AWQ, round-to-nearest; gptq: error-compensating rounding only; rtn: round-to-nearest baseline")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--seq-len", type=int_at_least(2, "qwen-tts generates at least 2 codec frames per prompt"),
                    default=d["seq_len"], help="cap on each calibration sequence (talker rows)")

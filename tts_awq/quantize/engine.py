@@ -21,26 +21,44 @@ from tts_awq.errors import UserError
 from tts_awq.memory import current_rss_bytes
 from tts_awq.quantize.apply import apply_clips, apply_scales
 from tts_awq.quantize.decoder import Activations, DecoderRunner, run_layer_recording
-from tts_awq.quantize.int4 import check_group_size, quantize
+from tts_awq.quantize.gptq import gptq_round, hessian, inverse_factor
+from tts_awq.quantize.int4 import QuantizedWeight, check_group_size, quantize
+from tts_awq.quantize.objective import ModuleObjective
 from tts_awq.quantize.pack import pack_gemm
 from tts_awq.quantize.scale_groups import CAPTURED_INPUTS, LINEAR_INPUT, NO_CLIP, ScaleGroup, groups_for
 from tts_awq.quantize.search import search_clip, search_scales
 from tts_awq.quantize.search_state import layer_state
 
-METHODS = ("awq", "rtn")
+#: awq-gptq: AWQ scales and clipping, then error-compensating rounding (:mod:`tts_awq.quantize.gptq`); awq: AWQ
+#: with round-to-nearest; gptq: error-compensating rounding of the unscaled weights; rtn: round-to-nearest only.
+METHODS = ("awq-gptq", "awq", "gptq", "rtn")
+
+
+def searches_scales(method: str) -> bool:
+    return method in ("awq-gptq", "awq")
+
+
+def compensates_rounding(method: str) -> bool:
+    return method in ("awq-gptq", "gptq")
+
+
+def needs_calibration(method: str) -> bool:
+    return method != "rtn"
 
 
 @dataclass(frozen=True)
 class AwqOptions:
     bits: int = 4
     group_size: int = 128
-    method: str = "awq"  # "awq" or "rtn" (round-to-nearest baseline, no search)
+    method: str = "awq"  # one of METHODS
     duo_scaling: bool = True
     clip: bool = True
     n_grid: int = 20
     #: Tokens sampled for the clip search (AutoAWQ: 512). 2048 measured better on held-out data at about 5 %
     #: more quantize time (SmolLM2 8 layers: relative logit error 0.0823 vs 0.0843; AutoAWQ 0.0831).
     clip_tokens: int = 2048
+    #: Scale search: every ``coarse_stride``-th grid ratio, then the neighbours of the best (1: the full grid).
+    coarse_stride: int = 4
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -69,22 +87,11 @@ def check_layer_shapes(store: TensorStore, spec: DecoderSpec, group_size: int) -
                                 "needs a multiple of 8 (this model cannot be stored in that format)")
 
 
-def _forward_with(runner: DecoderRunner, layer: nn.Module, group_linears: tuple[str, ...], inspect: str,
-                  attention: bool, xs: Activations):  # type: ignore[no-untyped-def]
-    modules = [layer.get_submodule(name) for name in group_linears]
-    target = layer.get_submodule(inspect)
-
-    def run(weights: list[torch.Tensor]) -> Activations:
-        originals = [m.weight.data for m in modules]
-        try:
-            for module, weight in zip(modules, weights, strict=True):
-                module.weight.data = weight  # rebinding, never an in-place write into the original tensor
-            return runner.run_module(target, xs, attention)
-        finally:
-            for module, original in zip(modules, originals, strict=True):
-                module.weight.data = original
-
-    return run
+def _objective(runner: DecoderRunner, layer: nn.Module, group: ScaleGroup, xs: Activations,
+               reference: Activations) -> ModuleObjective:
+    target = layer.get_submodule(group.inspect)
+    widest = max(max(m.weight.shape) for m in target.modules() if isinstance(m, nn.Linear))
+    return ModuleObjective(runner, layer, group.linears, group.inspect, group.attention, xs, reference, widest)
 
 
 @dataclass
@@ -96,10 +103,11 @@ class LayerSearch:
     next_inputs: Activations = field(repr=False)  # full-precision output of the unquantized layer
     scales: dict[str, torch.Tensor] = field(default_factory=dict)  # group prev -> [in] scales
     clips: dict[str, torch.Tensor] = field(default_factory=dict)  # linear -> clip maxima [out, in/group, 1]
+    codes: dict[str, QuantizedWeight] = field(default_factory=dict)  # linear -> error-compensated codes
 
     @property
     def state(self) -> dict[str, torch.Tensor]:
-        return layer_state(self.scales, self.clips)
+        return layer_state(self.scales, self.clips, {name: qw.q for name, qw in self.codes.items()})
 
 
 def _search_all_scales(runner: DecoderRunner, layer: nn.Module, groups: list[ScaleGroup],
@@ -118,10 +126,11 @@ def _search_all_scales(runner: DecoderRunner, layer: nn.Module, groups: list[Sca
             stats[f"scale.{group.prev}"] = {"ratio": -1.0, "loss": None, "loss_rtn": None, "kept_bf16": True}
             continue
         weights = [layer.get_submodule(n).weight.data for n in group.linears]
-        forward = _forward_with(runner, layer, group.linears, group.inspect, group.attention, x)
-        result = search_scales(weights, x, forward, options.bits, options.group_size, options.duo_scaling,
-                               options.n_grid, reference=references.pop(group.inspect),
-                               dense=dense if any(dense) else None)
+        objective = _objective(runner, layer, group, x, references.pop(group.inspect))
+        result = search_scales(weights, x, objective.loss, options.bits, options.group_size, options.duo_scaling,
+                               options.n_grid, dense=dense if any(dense) else None,
+                               coarse_stride=options.coarse_stride)
+        del objective
         found[group.prev] = result.scales
         stats[f"scale.{group.prev}"] = {"ratio": result.ratio, "loss": result.loss, "loss_rtn": result.loss_identity}
     return found
@@ -135,6 +144,24 @@ def _search_all_clips(layer: nn.Module, inputs: dict[str, Activations], options:
             for name in DECODER_LINEARS if name not in NO_CLIP and name not in keep}
 
 
+def _round_compensated(layer: nn.Module, inputs: dict[str, Activations], options: AwqOptions,
+                       keep: Collection[str]) -> dict[str, QuantizedWeight]:
+    """Error-compensated codes of every quantized Linear, on the final (scaled, clipped) weights and the inputs
+    they receive; Linears that share an input share its Hessian, built once."""
+    codes: dict[str, QuantizedWeight] = {}
+    factors: dict[str, torch.Tensor] = {}
+    for name in DECODER_LINEARS:
+        if name in keep:
+            continue
+        key = LINEAR_INPUT[name]
+        if key not in factors:
+            factors = {key: inverse_factor(hessian(inputs[key]))}  # one at a time: the MLP's is [inter, inter]
+        qw = gptq_round(layer.get_submodule(name).weight.data, factors[key], options.bits, options.group_size)
+        codes[name] = QuantizedWeight(q=qw.q.cpu(), zeros=qw.zeros.cpu(), scales=qw.scales.cpu(),
+                                      group_size=qw.group_size, bits=qw.bits)
+    return codes
+
+
 @torch.no_grad()
 def search_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, options: AwqOptions,
                  keep: Collection[str] = ()) -> LayerSearch:
@@ -142,7 +169,7 @@ def search_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, optio
     clip. ``keep``: Linears (relative names) that stay dense; they are scaled like their group but never
     clipped or quantized."""
     start = time.perf_counter()
-    groups = groups_for(layer) if options.method == "awq" else []
+    groups = groups_for(layer) if searches_scales(options.method) else []
     # One forward of the full-precision layer records every Linear input and, as the searches' reference,
     # every inspected module's output (so no grid search re-runs the unmodified module).
     inputs, references, next_xs = run_layer_recording(
@@ -153,12 +180,13 @@ def search_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, optio
     clips = _search_all_clips(layer, inputs, options, keep) if groups and options.clip else {}
     for name, fraction in apply_clips(layer, clips).items():
         stats[f"clip.{name}"] = fraction
+    codes = _round_compensated(layer, inputs, options, keep) if compensates_rounding(options.method) else {}
     if keep:
         stats["kept_bf16"] = sorted(keep)
     stats["seconds"] = round(time.perf_counter() - start, 3)
     stats["rss_mb"] = round(current_rss_bytes() / 2**20, 1)  # calibration activations + this layer + search
     weights = {name: t for name, t in layer.state_dict().items()}
-    return LayerSearch(weights, stats, next_xs, scales, clips)
+    return LayerSearch(weights, stats, next_xs, scales, clips, codes)
 
 
 def quantize_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, options: AwqOptions
@@ -169,13 +197,21 @@ def quantize_layer(runner: DecoderRunner, layer: nn.Module, xs: Activations, opt
 
 
 def pack_layer(weights: dict[str, torch.Tensor], source_dtypes: dict[str, torch.dtype], options: AwqOptions,
-               keep: Collection[str] = ()) -> dict[str, torch.Tensor]:
-    """Linear weights -> AWQ GEMM triples; the ``keep`` Linears and every other tensor back in its source dtype."""
+               keep: Collection[str] = (), codes: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Linear weights -> AWQ GEMM triples; the ``keep`` Linears and every other tensor back in its source dtype.
+    ``codes`` (Linear -> uint8 ``[out, in]``): integer codes chosen by error-compensating rounding, stored under
+    the scales and zeros round-to-nearest computes from the same weight (which is how they were chosen)."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in weights.items():
         linear = name.removesuffix(".weight")
         if linear in DECODER_LINEARS and linear not in keep:
             qw = quantize(tensor.float().cpu(), options.bits, options.group_size)
+            if codes and linear in codes:
+                if tuple(codes[linear].shape) != tuple(qw.q.shape):
+                    raise UserError(f"{linear}: saved codes are {tuple(codes[linear].shape)}, the weight is "
+                                    f"{tuple(qw.q.shape)}; the search state does not belong to this source")
+                qw = QuantizedWeight(q=codes[linear].cpu().to(torch.uint8), zeros=qw.zeros, scales=qw.scales,
+                                     group_size=qw.group_size, bits=qw.bits)
             if not bool(torch.isfinite(qw.scales).all()):
                 raise UserError(f"{linear}: a computed INT4 scale is not finite (weights beyond the fp16 range of "
                                 "AWQ scales); check the source weights")
@@ -220,5 +256,6 @@ def run_awq(store: TensorStore, spec: DecoderSpec, xs: Activations, options: Awq
         done = search_layer(runner, layer, xs, options, kept)
         del layer
         xs = done.next_inputs
-        yield LayerResult(index=index, tensors=pack_layer(done.weights, dtypes, options, kept), stats=done.stats,
-                          next_inputs=xs, state=done.state)
+        codes = {name: qw.q for name, qw in done.codes.items()}
+        yield LayerResult(index=index, tensors=pack_layer(done.weights, dtypes, options, kept, codes),
+                          stats=done.stats, next_inputs=xs, state=done.state)

@@ -62,6 +62,21 @@ def fake_quantize(w: torch.Tensor, bits: int = 4, group_size: int = 128) -> torc
     return ((q - zeros[..., None]) * scales[..., None]).reshape(w.shape).to(w.dtype)
 
 
+def scaled_fake_quantize(w: torch.Tensor, scales: torch.Tensor, bits: int = 4, group_size: int = 128
+                         ) -> torch.Tensor:
+    """``fake_quantize(w * scales) / scales`` for a float32 ``w`` [out, in] and per-input-channel ``scales``, with
+    one working buffer (the scale search calls this for every trial of every group)."""
+    out_features, in_features = w.shape
+    buf = torch.mul(w, scales)
+    g = buf.view(out_features, in_features // group_size, group_size)
+    w_min, w_max = torch.aminmax(g, dim=-1, keepdim=True)
+    max_int = 2**bits - 1
+    step = w_max.sub_(w_min).clamp_(min=1e-5).div_(max_int)
+    zero = torch.round(w_min.div_(step)).neg_().clamp_(0, max_int)
+    g.div_(step).round_().add_(zero).clamp_(0, max_int).sub_(zero).mul_(step)
+    return buf.div_(scales)
+
+
 def quantize(w: torch.Tensor, bits: int = 4, group_size: int = 128) -> QuantizedWeight:
     """Final quantization: scales are rounded to fp16 first and q is computed against the fp16 scales, so the
     stored package dequantizes exactly to ``(q - z) * s``."""

@@ -21,9 +21,10 @@ from tts_awq.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
 from tts_awq.constants import DEFAULT_SEED
 from tts_awq.errors import UserError
 from tts_awq.memory import current_rss_bytes
+from tts_awq.process import keep_freed_blocks
 from tts_awq.provenance import Provenance, input_hashes
 from tts_awq.quantize.calibration import Calibration, build_calibration
-from tts_awq.quantize.engine import METHODS, AwqOptions, check_layer_shapes, run_awq
+from tts_awq.quantize.engine import METHODS, AwqOptions, check_layer_shapes, needs_calibration, run_awq
 from tts_awq.quantize.eos_shift import scan_eos_shift
 from tts_awq.quantize.keep import KeepPlan, resolve_keep_bf16
 from tts_awq.quantize.reassemble import PackageWriter, decoder_linear_names, module_census
@@ -40,7 +41,7 @@ class QuantizeOptions:
     out: Path
     group_size: int = 128
     w_bit: int = 4
-    method: str = "awq"
+    method: str = "awq-gptq"
     seed: int = DEFAULT_SEED
     seq_len: int = 512
     n_samples: int = 128
@@ -138,6 +139,7 @@ def quantize_talker(options: QuantizeOptions) -> Path:
         quantize_talker(QuantizeOptions(src="FINAL-Bench/Darwin-TTS-1.7B-Cross", out=Path("darwin-awq")))
     """
     _validate(options)
+    keep_freed_blocks()
     device = resolve_device(options.device)
     prov = Provenance(stage="quantize-talker")
     with prov.timed("resolve"):
@@ -180,7 +182,7 @@ def quantize_talker(options: QuantizeOptions) -> Path:
             codec_files = copy_codec_into(tmp, base.path)
         if saved_calibration is not None:
             calibration = saved_calibration
-        elif awq.method == "rtn":  # round-to-nearest needs no activations
+        elif not needs_calibration(awq.method):  # round-to-nearest needs no activations
             calibration = Calibration([], {"mode": "none (round-to-nearest)", "n_samples": 0, "n_tokens": 0})
         else:
             with prov.timed("calibration"), _model_dir_with_copied_files(source.path, tmp, codec_files) as model_dir:

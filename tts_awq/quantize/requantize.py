@@ -16,6 +16,7 @@ import torch
 
 from tts_awq.checkpoint import TensorStore, atomic_output_dir, detect_layout, resolve_source
 from tts_awq.checkpoint.files import hash_tree, list_files, sha256_file
+from tts_awq.checkpoint.layout import DECODER_LINEARS
 from tts_awq.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
 from tts_awq.errors import UserError
 from tts_awq.quantize.apply import apply_clips, apply_scales
@@ -76,7 +77,11 @@ def requantize(source_dir: str | Path, state_file: str | Path, device: torch.dev
         layer = runner.build_layer(tensors, index)
         del tensors
         saved = state.layers.get(index, {})
-        scales, clips = split_layer_state(saved)
+        scales, clips, codes = split_layer_state(saved)
+        kept = relative_keep(keep, spec, index)
+        if stray := sorted(set(codes) - (set(DECODER_LINEARS) - kept)):
+            raise UserError(f"{where}: layer {index} has codes for {stray[0]}, which is not a quantized Linear of "
+                            "this package; use the package's original search state")
         groups = [g for g in groups_for(layer) if g.prev in scales]  # the quantize pass's order
         if extra := sorted(set(scales) - {g.prev for g in groups}):
             raise UserError(f"{where}: layer {index} has scales for {extra[0]}, not a scale group of this model")
@@ -85,7 +90,7 @@ def requantize(source_dir: str | Path, state_file: str | Path, device: torch.dev
             apply_clips(layer, clips)
         weights = dict(layer.state_dict())
         del layer
-        tensors_out = pack_layer(weights, dtypes, options, relative_keep(keep, spec, index))
+        tensors_out = pack_layer(weights, dtypes, options, kept, codes)
         yield LayerResult(index=index, tensors=tensors_out, stats={}, state=saved)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tts_awq.quantize.int4 import fake_quantize
+from tts_awq.quantize.int4 import fake_quantize, scaled_fake_quantize
 
 N_GRID = 20
 
@@ -52,41 +52,52 @@ def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, ratio: f
 def search_scales(
     weights: list[torch.Tensor],
     xs: list[torch.Tensor],
-    forward_with: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+    loss_of: Callable[[list[torch.Tensor]], float],
     bits: int,
     group_size: int,
     duo_scaling: bool = True,
     n_grid: int = N_GRID,
-    reference: list[torch.Tensor] | None = None,
     dense: Sequence[bool] | None = None,
+    coarse_stride: int = 1,
 ) -> ScaleResult:
-    """Grid-search the scale exponent for one group.
+    """Grid-search the scale exponent for one group over ratios ``k / n_grid``: all of them, or with
+    ``coarse_stride`` s > 1 every s-th one, then the ratios within s - 1 steps of the best of those (about half
+    the trials at the same resolution when the loss is unimodal in the ratio, which it is in practice).
 
-    ``forward_with(ws)`` runs the inspected module with the group's Linear weights replaced by ``ws`` and returns
-    its outputs per sequence; the loss is the MSE against the unmodified module's outputs (``reference``, when the
-    caller already has them, else computed here). ``dense[i]`` marks a Linear that stays unquantized (kept in
-    BF16): the loss sees it exact, since it is stored as ``W·s`` and fed ``x / s``.
+    ``loss_of(ws)`` is the inspected module's output error with the group's Linear weights replaced by ``ws``
+    (:class:`tts_awq.quantize.objective.ModuleObjective`). ``dense[i]`` marks a Linear that stays unquantized
+    (kept in BF16): the loss sees it exact, since it is stored as ``W·s`` and fed ``x / s``.
     """
-    if reference is None:
-        reference = forward_with([w.float() for w in weights])
     x_mean = channel_mean_abs(xs)
     w_mean = weight_mean_normalized(weights, group_size) if duo_scaling else None
-    n_elements = sum(r.numel() for r in reference)
+    originals = [w.float() for w in weights]
 
     def loss_for(scales: torch.Tensor) -> float:
-        trial = [w.float() if keep else fake_quantize(w.float() * scales, bits, group_size) / scales
-                 for w, keep in zip(weights, dense or [False] * len(weights), strict=True)]
-        outs = forward_with(trial)
-        err = sum(((o - r).double().pow(2).sum()) for o, r in zip(outs, reference, strict=True))
-        return float(err / n_elements)
+        trial = [w if keep else scaled_fake_quantize(w, scales, bits, group_size)
+                 for w, keep in zip(originals, dense or [False] * len(weights), strict=True)]
+        return loss_of(trial)
 
+    losses: dict[int, float] = {}
+    candidates: dict[int, torch.Tensor] = {}
+
+    def evaluate(step: int) -> None:
+        if step not in losses and 0 <= step < n_grid:
+            candidates[step] = candidate_scales(x_mean, w_mean, step / n_grid)
+            losses[step] = loss_for(candidates[step])
+
+    if coarse_stride <= 1:
+        for step in range(n_grid):
+            evaluate(step)
+    else:  # every coarse_stride-th ratio, then every ratio within one coarse step of the best of those
+        for step in range(0, n_grid, coarse_stride):
+            evaluate(step)
+        centre = min(sorted(losses), key=lambda k: losses[k])
+        for step in range(centre - coarse_stride + 1, centre + coarse_stride):
+            evaluate(step)
     best: ScaleResult | None = None
-    for step in range(n_grid):
-        ratio = step / n_grid
-        scales = candidate_scales(x_mean, w_mean, ratio)
-        loss = loss_for(scales)
-        if best is None or loss < best.loss:
-            best = ScaleResult(scales=scales, ratio=ratio, loss=loss, loss_identity=0.0)
+    for step in sorted(losses):  # ascending ratio, strict improvement: ties go to the smaller ratio
+        if best is None or losses[step] < best.loss:
+            best = ScaleResult(scales=candidates[step], ratio=step / n_grid, loss=losses[step], loss_identity=0.0)
     assert best is not None
     identity = loss_for(torch.ones_like(x_mean))
     if identity <= best.loss:
@@ -116,7 +127,7 @@ def search_clip(
     n_grid: int = N_GRID,
     max_shrink: float = 0.5,
     n_sample_tokens: int = 512,
-    budget_bytes: int = 256 << 20,
+    budget_bytes: int = 64 << 20,
 ) -> torch.Tensor:
     """Per output channel and group, the max |w| (shrunk by up to ``max_shrink``) minimizing the MSE of the
     group's partial dot products on sampled tokens. Returns ``[out, in // group_size, 1]``.
@@ -130,24 +141,30 @@ def search_clip(
     xg = x.reshape(n_tokens, groups, group_size).transpose(0, 1).contiguous()  # [G, T, g]
     out_features = weight.shape[0]
     w_all = weight.float()
-    batch = max(1, min(out_features, budget_bytes // max(1, 3 * n_tokens * groups * 4)))
+    batch = max(1, min(out_features, budget_bytes // max(1, 2 * n_tokens * groups * 4)))
+    # Two [G, T, batch] buffers (reference and trial outputs), reused by every batch and shrink step: no
+    # allocation in the loop beyond the small clipped weights.
+    reference_buf = torch.empty(groups, n_tokens, batch, device=x.device)
+    trial_buf = torch.empty_like(reference_buf)
     best_max = []
     for start in range(0, out_features, batch):
         w = w_all[start : start + batch]  # [O, in]
+        n = w.shape[0]
         wg = w.reshape(-1, groups, group_size)  # [O, G, g]
         org_max = wg.abs().amax(dim=-1, keepdim=True)  # [O, G, 1]
         best = org_max.clone()
         min_err = torch.full_like(org_max, float("inf"))
-        org_out = torch.bmm(xg, wg.permute(1, 2, 0))  # [G, T, O]
+        org_out = reference_buf if n == batch else reference_buf[..., :n].contiguous()
+        trial = trial_buf if n == batch else torch.empty_like(org_out)
+        torch.bmm(xg, wg.permute(1, 2, 0), out=org_out)  # [G, T, O]
         for i in range(int(max_shrink * n_grid)):
             max_val = org_max * (1 - i / n_grid)
             clipped = torch.clamp(wg, -max_val, max_val).reshape(w.shape)
             q = fake_quantize(clipped, bits, group_size).reshape(wg.shape)
-            diff = torch.bmm(xg, q.permute(1, 2, 0)).sub_(org_out)
-            err = diff.pow_(2).mean(dim=1).t().unsqueeze(-1)  # [O, G, 1]
+            torch.bmm(xg, q.permute(1, 2, 0), out=trial)
+            err = trial.sub_(org_out).square_().mean(dim=1).t().unsqueeze(-1)  # [O, G, 1]
             better = err < min_err
             min_err[better] = err[better]
             best[better] = max_val[better]
         best_max.append(best)
     return torch.cat(best_max, dim=0)
-

@@ -31,22 +31,40 @@ SEARCH_STATE_NAME = "search_state.safetensors"
 FORMAT_VERSION = 2  # 2: sealed with sha256 and the source hashes
 SCALES = "scales."
 CLIP = "clip."
+CODES = "codes."
 SHA256 = "sha256"
 
 
-def layer_state(scales: dict[str, torch.Tensor], clips: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One layer's state, names relative to the layer: ``scales.<prev>`` and ``clip.<linear>`` (float32, CPU)."""
+def pack_codes(q: torch.Tensor) -> torch.Tensor:
+    """uint8 codes ``[out, in]`` (0..15) -> two per byte ``[out, in / 2]``: column ``2i`` low nibble, ``2i+1`` high."""
+    q = q.detach().cpu().to(torch.uint8)
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`."""
+    return torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+
+
+def layer_state(scales: dict[str, torch.Tensor], clips: dict[str, torch.Tensor],
+                codes: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One layer's state, names relative to the layer: ``scales.<prev>`` and ``clip.<linear>`` (float32, CPU) and,
+    for error-compensated rounding, ``codes.<linear>`` (the chosen integer codes, two per byte)."""
     state = {f"{SCALES}{prev}": s.detach().float().cpu().contiguous() for prev, s in scales.items()}
     for linear, max_val in clips.items():
         state[f"{CLIP}{linear}"] = max_val.detach().float().cpu().reshape(max_val.shape[0], -1).contiguous()
+    for linear, q in (codes or {}).items():
+        state[f"{CODES}{linear}"] = pack_codes(q)
     return state
 
 
-def split_layer_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Inverse of :func:`layer_state`: (scales by prev, clip maxima by linear)."""
+def split_layer_state(state: dict[str, torch.Tensor]
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Inverse of :func:`layer_state`: (scales by prev, clip maxima by linear, codes ``[out, in]`` by linear)."""
     scales = {k.removeprefix(SCALES): v for k, v in state.items() if k.startswith(SCALES)}
     clips = {k.removeprefix(CLIP): v for k, v in state.items() if k.startswith(CLIP)}
-    return scales, clips
+    codes = {k.removeprefix(CODES): unpack_codes(v) for k, v in state.items() if k.startswith(CODES)}
+    return scales, clips, codes
 
 
 def source_sha256(files_sha256: Mapping[str, str], weight_files: Collection[str]) -> dict[str, str]:
@@ -92,10 +110,13 @@ def write_search_state(out_dir: Path, layer_prefix: str, layers: dict[int, dict[
         "file": SEARCH_STATE_NAME,
         "description": "AWQ search results per decoder layer: float32 scales per scale group "
                        f"({layer_prefix}N.{SCALES}<prev>) and clip maxima [out, in/group] per clipped linear "
-                       f"({layer_prefix}N.{CLIP}<linear>); rebuild with tts_awq.quantize.requantize",
+                       f"({layer_prefix}N.{CLIP}<linear>), and with error-compensated rounding the chosen codes, "
+                       f"two 4-bit codes per byte [out, in/2] ({layer_prefix}N.{CODES}<linear>); rebuild with "
+                       "tts_awq.quantize.requantize",
         "tensor_count": len(tensors),
         "scale_vectors": sum(1 for n in tensors if f".{SCALES}" in n),
         "clip_tensors": sum(1 for n in tensors if f".{CLIP}" in n),
+        "code_tensors": sum(1 for n in tensors if f".{CODES}" in n),
         "metadata": metadata,
     }
 
@@ -150,8 +171,13 @@ def read_search_state(path: Path) -> SearchState:
     layers: dict[int, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         index, _, rel = name.removeprefix(prefix).partition(".")
-        if not name.startswith(prefix) or not index.isdigit() or not rel.startswith((SCALES, CLIP)):
+        if not name.startswith(prefix) or not index.isdigit() or not rel.startswith((SCALES, CLIP, CODES)):
             raise UserError(f"{path}: unexpected tensor {name}; the file was edited, use the package's original")
-        _check_values(path, name, rel, tensor)
+        if rel.startswith(CODES):
+            if tensor.dtype != torch.uint8 or tensor.dim() != 2:
+                raise UserError(f"{path}: tensor {name} is not a uint8 matrix of packed codes; the file was edited, "
+                                "use the package's original")
+        else:
+            _check_values(path, name, rel, tensor)
         layers.setdefault(int(index), {})[rel] = tensor
     return SearchState(metadata=metadata, layers=layers)
