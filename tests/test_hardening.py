@@ -266,7 +266,7 @@ def test_sigterm_removes_the_temp_dir_and_exits_143(src: Path, tmp_path: Path) -
     (["--w-bit", "3"], "--w-bit"),
     (["--max-shard-size", "0"], "--max-shard-size"),
     (["--max-shard-size", "nan"], "--max-shard-size"),
-    (["--method", "gptq"], "--method"),
+    (["--method", "gptq-act-order"], "--method"),
 ])
 def test_quantize_options_are_checked_at_parse_time(src: Path, tmp_path: Path, argv: list[str], needle: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,7 +32,8 @@ def darwin(tiny_root: dict[str, Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def awq_package(darwin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return quantize_talker(QuantizeOptions(src=str(darwin), out=tmp_path_factory.mktemp("ss") / "awq", **FAST))
+    return quantize_talker(QuantizeOptions(src=str(darwin), out=tmp_path_factory.mktemp("ss") / "awq",
+                                           method="awq-gptq", **FAST))
 
 
 def assert_requantize_matches(source: Path, package: Path) -> int:
@@ -54,25 +55,30 @@ def test_search_state_file_names_metadata_and_provenance(awq_package: Path) -> N
     state = read_search_state(awq_package / SEARCH_STATE_NAME)
     spec = detect_layout(awq_package).decoder
     assert state.metadata["group_size"] == "128" and state.metadata["bits"] == "4"
-    assert state.metadata["method"] == "awq" and state.metadata["duo_scaling"] == "true"
+    assert state.metadata["method"] == "awq-gptq" and state.metadata["duo_scaling"] == "true"
     assert state.metadata["n_grid"] == "20" and state.metadata["format_version"] == "2"
     assert sorted(state.layers) == list(range(spec.num_layers))
     hidden, inter = spec.hidden_size, int(spec.config["intermediate_size"])
     layer3 = state.layers[3]
     # GQA: v -> o is not a scale group; q/k are never clipped
+    linears = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+               "mlp.up_proj", "mlp.down_proj")
     assert set(layer3) == {"scales.input_layernorm", "scales.post_attention_layernorm", "scales.mlp.up_proj",
                            "clip.self_attn.v_proj", "clip.self_attn.o_proj", "clip.mlp.gate_proj",
-                           "clip.mlp.up_proj", "clip.mlp.down_proj"}
+                           "clip.mlp.up_proj", "clip.mlp.down_proj", *(f"codes.{n}" for n in linears)}
+    # error-compensated codes, two per byte: [out, in / 2] uint8
+    assert layer3["codes.mlp.down_proj"].shape == (hidden, inter // 2)
+    assert layer3["codes.mlp.down_proj"].dtype == torch.uint8
     assert layer3["scales.input_layernorm"].shape == (hidden,) and layer3["scales.mlp.up_proj"].shape == (inter,)
     assert layer3["clip.mlp.down_proj"].shape == (hidden, inter // 128)
-    assert all(t.dtype == torch.float32 for t in layer3.values())
+    assert all(t.dtype == torch.float32 for k, t in layer3.items() if not k.startswith("codes."))
     infos, _ = read_safetensors_header(awq_package / SEARCH_STATE_NAME)  # the full names in the file
     assert "talker.model.layers.3.scales.input_layernorm" in infos
     assert "talker.model.layers.3.clip.self_attn.o_proj" in infos
     prov = json.loads((awq_package / "provenance.json").read_text())
     assert prov["outputs_sha256"][SEARCH_STATE_NAME] == sha256_file(awq_package / SEARCH_STATE_NAME)
     entry = prov["search_state"]
-    assert entry["file"] == SEARCH_STATE_NAME and entry["tensor_count"] == len(infos) == 8 * spec.num_layers
+    assert entry["file"] == SEARCH_STATE_NAME and entry["tensor_count"] == len(infos) == 15 * spec.num_layers
     assert entry["metadata"] == state.metadata
 
 
@@ -95,6 +101,11 @@ def test_rtn_and_no_clip_packages(darwin: Path, tmp_path: Path) -> None:
     assert state.layers == {} and state.metadata["method"] == "rtn"  # metadata only, documented
     assert json.loads((rtn / "provenance.json").read_text())["search_state"]["tensor_count"] == 0
     assert_requantize_matches(darwin, rtn)
+    awq = quantize_talker(QuantizeOptions(src=str(darwin), out=tmp_path / "awq", **FAST))  # the default: awq
+    state = read_search_state(awq / SEARCH_STATE_NAME)  # AWQ alone: round-to-nearest, no codes saved
+    assert state.metadata["method"] == "awq" and state.layers
+    assert all(not k.startswith("codes.") for layer in state.layers.values() for k in layer)
+    assert_requantize_matches(darwin, awq)
     no_clip = quantize_talker(QuantizeOptions(src=str(darwin), out=tmp_path / "nc", clip=False,
                                               **{**FAST, "n_samples": 2, "seq_len": 24}))
     state = read_search_state(no_clip / SEARCH_STATE_NAME)

@@ -59,6 +59,8 @@ class AwqOptions:
     clip_tokens: int = 2048
     #: Scale search: every ``coarse_stride``-th grid ratio, then the neighbours of the best (1: the full grid).
     coarse_stride: int = 4
+    #: Error-compensating rounding: damping added to the Hessian's diagonal, relative to its mean.
+    gptq_damp: float = 0.01
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -155,7 +157,7 @@ def _round_compensated(layer: nn.Module, inputs: dict[str, Activations], options
             continue
         key = LINEAR_INPUT[name]
         if key not in factors:
-            factors = {key: inverse_factor(hessian(inputs[key]))}  # one at a time: the MLP's is [inter, inter]
+            factors = {key: inverse_factor(hessian(inputs[key]), options.gptq_damp)}  # one at a time: the MLP's is [inter, inter]
         qw = gptq_round(layer.get_submodule(name).weight.data, factors[key], options.bits, options.group_size)
         codes[name] = QuantizedWeight(q=qw.q.cpu(), zeros=qw.zeros.cpu(), scales=qw.scales.cpu(),
                                       group_size=qw.group_size, bits=qw.bits)

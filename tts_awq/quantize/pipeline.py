@@ -41,7 +41,7 @@ class QuantizeOptions:
     out: Path
     group_size: int = 128
     w_bit: int = 4
-    method: str = "awq-gptq"
+    method: str = "awq"
     seed: int = DEFAULT_SEED
     seq_len: int = 512
     n_samples: int = 128
