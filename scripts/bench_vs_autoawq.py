@@ -540,13 +540,14 @@ def child_llmcompressor(spec: dict) -> dict:  # type: ignore[type-arg]
 
 
 def child_ttsawq(spec: dict) -> dict:  # type: ignore[type-arg]
-    """Runs inside the repo venv: the quantize-talker pipeline, calibrated on exactly the saved token blocks."""
+    """Runs inside the repo venv: the quantize-talker pipeline, calibrated on exactly the saved token blocks.
+    ``tts_awq`` is imported before torch, as the ``tts-awq`` commands do, so its process settings apply."""
+    import tts_awq  # noqa: I001 (first: OMP_WAIT_POLICY must be set before torch loads OpenMP)
     import torch
 
     torch.set_num_threads(spec["threads"])
     import transformers
 
-    import tts_awq
     from tts_awq.quantize import pipeline
     from tts_awq.quantize.calibration import Calibration
 
