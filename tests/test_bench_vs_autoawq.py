@@ -283,3 +283,13 @@ def test_weight_files_skip_side_files(bench, tmp_path: Path) -> None:  # type: i
         "c": "model-00001-of-00002.safetensors"}}))
     assert [f.name for f in bench.weight_files(sharded)] == ["model-00001-of-00002.safetensors",
                                                              "model-00002-of-00002.safetensors"]
+
+
+def test_header_says_which_openmp_policy_the_children_ran(bench) -> None:  # type: ignore[no-untyped-def]
+    """Unset: tts-awq children set PASSIVE on import; an empty or unknown value is libgomp's default for every
+    engine (how the busy-machine 'before' row is measured); an explicit policy applies to every engine."""
+    assert "tts-awq children: PASSIVE" in bench.omp_policy_note(None)
+    assert "OpenMP's default policy" in bench.omp_policy_note("")
+    assert "OpenMP's default policy" in bench.omp_policy_note("spin")
+    assert bench.omp_policy_note("passive") == "OMP_WAIT_POLICY=passive (every engine)"
+    assert bench.omp_policy_note("ACTIVE") == "OMP_WAIT_POLICY=ACTIVE (every engine)"
