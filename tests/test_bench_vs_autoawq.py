@@ -165,6 +165,20 @@ def test_set_b_is_disjoint_from_eval_and_independent_of_set_a(bench) -> None:  #
     assert not set(texts) & set(calib_texts)
 
 
+def test_set_c_is_the_held_out_file_after_the_evaluated_texts(bench) -> None:  # type: ignore[no-untyped-def]
+    """Set C (same style as the eval texts, other sentences) never contains a text the evaluation can read."""
+    from tts_awq.prompts import load_prompts
+
+    eval_texts = [p.text for p in load_prompts(split="eval")[0]]
+    calib_texts = [p.text for p in load_prompts(split="calib")[0]]
+    held_out = bench.held_out_texts(eval_texts, calib_texts)
+    assert held_out == [t for t in eval_texts if t not in set(calib_texts)]
+    evaluated, set_c = held_out[: bench.EVAL_POOL], held_out[bench.EVAL_POOL:]
+    assert len(set_c) >= 300 and not set(set_c) & set(evaluated) and not set(set_c) & set(calib_texts)
+    bench.check_disjoint(set_c, evaluated)  # no shared 8-word (or 12-character CJK) run either
+    assert bench.held_out_texts(["a", "b", "c"], ["b"]) == ["a", "c"]
+
+
 def test_disjointness_check_catches_shared_text(bench) -> None:  # type: ignore[no-untyped-def]
     eval_texts = ["The quick brown fox jumps over the lazy dog near the river bank today.",
                   "今日は天気がとても良いので公園に散歩に行きましょう。"]
@@ -240,9 +254,12 @@ def test_parse_engines(bench) -> None:  # type: ignore[no-untyped-def]
             bench.parse_engines(bad, {})
 
 
-@pytest.mark.parametrize("argv", [["--engines", "gptq"], ["--calib-sets", "C"], ["--rounds", "0"],
-                                  ["--ttsawq-args", "[1]"], ["--ttsawq-args", "{bad"]])
-def test_bad_flags_are_one_usage_error(bench, argv: list[str], capsys) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("argv", [["--engines", "gptq"], ["--calib-sets", "D"], ["--calib-sets", "A,A"],
+                                  ["--rounds", "0"], ["--ttsawq-args", "[1]"], ["--ttsawq-args", "{bad"],
+                                  ["--eval-texts", "101"], ["--group-size", "100"],
+                                  ["--shape", "talker", "--group-size", "96"], ["--shape", "big"]])
+def test_bad_flags_are_one_usage_error(bench, argv: list[str], capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(bench, "_run", lambda args: pytest.fail(f"{argv} was accepted and would run the bench"))
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)
     assert exc.value.code == 2
@@ -293,3 +310,50 @@ def test_header_says_which_openmp_policy_the_children_ran(bench) -> None:  # typ
     assert "OpenMP's default policy" in bench.omp_policy_note("spin")
     assert bench.omp_policy_note("passive") == "OMP_WAIT_POLICY=passive (every engine)"
     assert bench.omp_policy_note("ACTIVE") == "OMP_WAIT_POLICY=ACTIVE (every engine)"
+
+
+def test_talker_width_model_has_the_talker_shapes(bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The timing shape: the talker's Linear widths, seeded (byte-identical when rebuilt), loadable by
+    transformers, with a tokenizer every engine can use."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from tts_awq.testing.smollm2 import export_smollm2
+
+    tok = export_smollm2(tmp_path / "smollm2-1L", 1)
+    first = bench.make_talker_width(tmp_path / "t1", 1, tok)
+    second = bench.make_talker_width(tmp_path / "t2", 1, tok)
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    shapes = {k.removeprefix("model.layers.0."): tuple(v.shape) for k, v in a.items()}
+    assert shapes["self_attn.q_proj.weight"] == (2048, 2048) and shapes["self_attn.k_proj.weight"] == (1024, 2048)
+    assert shapes["self_attn.o_proj.weight"] == (2048, 2048) and shapes["mlp.gate_proj.weight"] == (6144, 2048)
+    assert shapes["mlp.down_proj.weight"] == (2048, 6144) and "lm_head.weight" in a
+    assert 0.015 < float(a["model.layers.0.mlp.up_proj.weight"].std()) < 0.025
+    assert len(AutoTokenizer.from_pretrained(str(first))) == a["model.embed_tokens.weight"].shape[0]
+    assert not (tmp_path / "t1.tmp").exists()
+
+
+def _engines_report(bench, wall: dict, err: dict) -> tuple[list, dict]:  # type: ignore[no-untyped-def,type-arg]
+    engines = bench.parse_engines("autoawq,llmcompressor,ttsawq,ttsawq:awq-gptq", {})
+    rounds = {n: [{"wall_s": w, "quantize_s": w, "cpu_s": w, "output_sha256": "x"}] for n, w in wall.items()}
+    args = SimpleNamespace(sets=["A"], n_samples=2, seq_len=4)
+    ev = {"metrics": {f"A/{n}": {"rel_err": e, "kl": 0.1, "top1": 0.9} for n, e in err.items()}
+          | {bench.RTN_LABEL: {"rel_err": 0.2}}, "eval": {}}
+    prep = {"sets": {"A": {"source": "s"}}, "torch": "t", "transformers": "t"}
+    import datetime
+
+    runs = {("A", n): r for n, r in rounds.items()}
+    args.__dict__.update(threads=2, rounds=1)
+    report = bench.build_report(args, engines, prep, runs, ev, [], datetime.datetime(2026, 12, 5))
+    return engines, report
+
+
+def test_ratios_for_every_tts_awq_row(bench) -> None:  # type: ignore[no-untyped-def]
+    wall = {"autoawq": 200.0, "llmcompressor": 80.0, "ttsawq": 40.0, "ttsawq:awq-gptq": 60.0}
+    err = {"autoawq": 0.08, "llmcompressor": 0.09, "ttsawq": 0.088, "ttsawq:awq-gptq": 0.068}
+    _, report = _engines_report(bench, wall, err)
+    ratios = report["sets"]["A"]["ratios"]
+    assert ratios == pytest.approx({"ttsawq_err_over_autoawq_err": 1.1, "ttsawq_wall_over_llmcompressor_wall": 0.5,
+                                    "ttsawq:awq-gptq_err_over_autoawq_err": 0.85,
+                                    "ttsawq:awq-gptq_wall_over_llmcompressor_wall": 0.75})
